@@ -1,0 +1,3 @@
+from cifar10_transfer.cli import main
+
+raise SystemExit(main())

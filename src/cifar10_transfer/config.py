@@ -1,0 +1,224 @@
+"""Paths and experiment profiles: the one place where both are defined.
+
+A *profile* is one complete hyper-parameter set (airbench style). Every function
+in the package defaults to the active profile's values and accepts overrides, and
+every result records the profile it ran with (``Profile.to_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+CLASS_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def _find_root() -> Path:
+    """The project root: $CIFAR10_TRANSFER_ROOT, else the checkout holding this package."""
+    if "CIFAR10_TRANSFER_ROOT" in os.environ:
+        return Path(os.environ["CIFAR10_TRANSFER_ROOT"]).resolve()
+    checkout = Path(__file__).resolve().parents[2]
+    # An editable install lives in the checkout; a plain pip install (e.g. Colab) does not,
+    # and then the working directory is the best guess.
+    return checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
+
+
+ROOT = _find_root()
+RESULTS_DIR = ROOT / "results"
+IMAGES_DIR = ROOT / "images"
+NOTEBOOKS_DIR = ROOT / "notebooks"
+RUNS_DIR = ROOT / "runs"  # model checkpoints and run folders (git-ignored)
+PRESENTATION_DIR = ROOT / "presentation"
+SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def cache_dir() -> Path:
+    """Keras's cache folder (``$KERAS_HOME`` or ``~/.keras``): downloads and decoded arrays."""
+    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(base)
+
+
+# Prior write-ups we compare with (CIFAR-10 test accuracy, fractions). These are
+# literature figures, not our results, and are only drawn as reference lines.
+PRIOR_WORK = {
+    "Seed baseline CNN (10k subset)": 0.605,
+    "Seed custom CNN": 0.73,
+    "ResNet-18 fine-tuned": 0.82,
+    "ResNet-50 head only (10k subset)": 0.887,
+    "ResNet-50 fine-tuned (10k subset)": 0.91,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """One recipe. Units are in the comments; ``None`` means "all"."""
+
+    name: str
+    # data
+    train_size: int | None  # training images (stratified subset of the 48k left after val)
+    val_size: int  # validation images, held out of the 50k training set, never the test set
+    test_size: int | None  # test images (stratified subset of the 10k)
+    # transfer model
+    backbone: str
+    weights: str | None  # "imagenet", a local weights file, or None for random init
+    image_size: int  # px, side length the 32x32 input is resized to inside the model
+    head: str  # "seed" (GAP-256-dropout), "slides" (dense-BN-dropout) or "linear"
+    head_units: int  # units of the head's hidden dense layer
+    dropout_rate: float  # head dropout
+    label_smoothing: float
+    batch_size: int  # images per optimizer step (global, across devices)
+    head_epochs: int
+    head_learning_rate: float  # Adam, head stage
+    finetune_epochs: int
+    finetune_learning_rate: float  # Adam, fine-tuning stage (lower: pretrained weights)
+    unfreeze: str  # "top:N" layers, "stage:NAME", "gradual", "all"
+    lr_schedule: str  # "plateau" (ReduceLROnPlateau), "cosine" or "constant"
+    augment: bool  # augmentation layers active while fine-tuning
+    train_bn: bool  # let BatchNorm train while fine-tuning (off: inference mode, Keras guide)
+    early_stopping_patience: int  # epochs without val_accuracy gain before stopping
+    # from-scratch baselines
+    baseline_epochs: int
+    baseline_learning_rate: float  # Adam
+    baseline_batch_size: int  # images per step
+    seed: int = 42
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    # CI: tiny data, one epoch, 32 px so every notebook finishes in seconds.
+    "smoke": Profile(
+        name="smoke",
+        train_size=200,
+        val_size=100,
+        test_size=200,
+        backbone="efficientnet_lite0",
+        weights="imagenet",
+        image_size=32,
+        head="seed",
+        head_units=64,
+        dropout_rate=0.5,
+        label_smoothing=0.0,
+        batch_size=50,
+        head_epochs=1,
+        head_learning_rate=1e-3,
+        finetune_epochs=1,
+        finetune_learning_rate=1e-4,
+        unfreeze="top:20",
+        lr_schedule="plateau",
+        augment=True,
+        train_bn=False,
+        early_stopping_patience=2,
+        baseline_epochs=1,
+        baseline_learning_rate=1e-3,
+        baseline_batch_size=50,
+    ),
+    # CPU default, offline: the seed's 10k subset, full test set, Lite0 at 128 px.
+    "quick": Profile(
+        name="quick",
+        train_size=10_000,
+        val_size=2_000,
+        test_size=None,
+        backbone="efficientnet_lite0",
+        weights="imagenet",
+        image_size=128,
+        head="seed",
+        head_units=256,
+        dropout_rate=0.5,
+        label_smoothing=0.1,
+        batch_size=64,
+        head_epochs=15,
+        head_learning_rate=1e-3,
+        finetune_epochs=2,
+        finetune_learning_rate=1e-4,
+        unfreeze="stage:block6",
+        lr_schedule="plateau",
+        augment=True,
+        train_bn=False,
+        early_stopping_patience=4,
+        baseline_epochs=15,
+        baseline_learning_rate=1e-3,
+        baseline_batch_size=64,
+    ),
+    # GPU: all 48k training images, the design's ResNet-50 at 224 px.
+    "full": Profile(
+        name="full",
+        train_size=None,
+        val_size=2_000,
+        test_size=None,
+        backbone="resnet50",
+        weights="imagenet",
+        image_size=224,
+        head="seed",
+        head_units=256,
+        dropout_rate=0.5,
+        label_smoothing=0.1,
+        batch_size=256,
+        head_epochs=10,
+        head_learning_rate=1e-3,
+        finetune_epochs=10,
+        finetune_learning_rate=1e-4,
+        unfreeze="all",
+        lr_schedule="cosine",
+        augment=True,
+        train_bn=False,
+        early_stopping_patience=5,
+        baseline_epochs=60,
+        baseline_learning_rate=1e-3,
+        baseline_batch_size=128,
+    ),
+    # The seed setup, for like-for-like comparison with 60.5% / 88.7% / 91%.
+    "paper": Profile(
+        name="paper",
+        train_size=10_000,
+        val_size=2_000,
+        test_size=None,
+        backbone="resnet50",
+        weights="imagenet",
+        image_size=224,
+        head="seed",
+        head_units=256,
+        dropout_rate=0.5,
+        label_smoothing=0.1,
+        batch_size=128,
+        head_epochs=10,
+        head_learning_rate=1e-3,
+        finetune_epochs=15,
+        finetune_learning_rate=1e-4,
+        unfreeze="stage:conv4",
+        lr_schedule="plateau",
+        augment=True,
+        train_bn=False,
+        early_stopping_patience=5,
+        baseline_epochs=30,
+        baseline_learning_rate=1e-3,
+        baseline_batch_size=64,
+    ),
+}
+
+
+def get_profile(name: str = "quick", **overrides) -> Profile:
+    """Return profile ``name`` with ``overrides`` applied (``None`` values are ignored)."""
+    if name not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    fields = {field.name for field in dataclasses.fields(Profile)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown profile setting(s) {unknown}; known: {sorted(fields)}")
+    return dataclasses.replace(PROFILES[name], **overrides)
