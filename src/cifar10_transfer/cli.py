@@ -47,6 +47,67 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --epochs sets the epochs of the experiment's own training stage.
+EPOCH_SETTING = {"head": "head_epochs", "finetune": "finetune_epochs"}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cifar10_transfer import training
+
+    given = {
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "unfreeze": args.unfreeze,
+        "seed": args.seed,
+    }
+    overrides = {key: value for key, value in given.items() if value is not None}
+    if overrides.get("weights") == "none":
+        overrides["weights"] = None  # random initialisation
+    if args.epochs is not None:
+        overrides[EPOCH_SETTING.get(args.experiment, "baseline_epochs")] = args.epochs
+    metrics = training.run_experiment(
+        args.experiment,
+        profile=args.profile,
+        data_source=args.data,
+        out_dir=args.out,
+        resume=args.resume,
+        devices=args.devices,
+        **overrides,
+    )
+    print(json.dumps({key: metrics[key] for key in ("experiment", "test_accuracy", "test_loss",
+                                                     "epochs", "wall_time_s", "device")}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cifar10_transfer import data, evaluation, reports
+
+    model = reports.load_model(args.model)
+    dataset = data.load_cifar10(args.data)
+    images, labels = dataset.x_test, dataset.y_test
+    if args.test_size is not None:
+        keep = data.stratified_indices(labels, args.test_size, seed=0)
+        images, labels = images[keep], labels[keep]
+    if args.tta:
+        probabilities = evaluation.predict_with_tta(model, images)
+    else:
+        probabilities = model.predict(images, batch_size=256, verbose=0)
+    report = evaluation.evaluate_predictions(labels, probabilities, dataset.class_names)
+    if args.figures:
+        written = reports.error_figures(images, labels, probabilities, args.figures)
+        print(f"wrote {len(written)} figures to {args.figures}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"accuracy: {report['accuracy']:.4f}   loss: {report['loss']:.4f}   "
+          f"ECE: {report['ece']:.4f}   ({len(labels)} test images)")
+    print(evaluation.classification_report(labels, probabilities.argmax(axis=1),
+                                           dataset.class_names).round(3).to_string())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifar10-transfer",
@@ -58,6 +119,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_option(info)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(handler=cmd_data_info)
+
+    from cifar10_transfer.config import PROFILES
+
+    train = commands.add_parser("train", help="train one experiment and write its run folder")
+    train.add_argument("experiment", choices=["baseline_cnn", "two_layer_fc", "three_layer_cnn",
+                                              "head", "finetune"])
+    train.add_argument("--profile", default="quick", choices=sorted(PROFILES),
+                       help="hyper-parameter set (default: quick, the CPU profile)")
+    _add_data_option(train)
+    train.add_argument("--backbone", help="efficientnet_lite0 or a keras.applications name")
+    train.add_argument("--weights", help="imagenet, none, or a local weights file")
+    train.add_argument("--image-size", type=int, help="px the 32x32 input is resized to")
+    train.add_argument("--batch-size", type=int, help="global batch size (images)")
+    train.add_argument("--epochs", type=int, help="epochs of this experiment's stage")
+    train.add_argument("--unfreeze", help="head | top:N | stage:NAME | gradual | all")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--out", metavar="DIR", help="run folder (default runs/PROFILE/EXPERIMENT)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run in --out from its last epoch")
+    train.add_argument("--devices", default=None,
+                       help="'all' or N devices for data-parallel training (default: 1)")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="test-set metrics of a saved model.keras")
+    evaluate.add_argument("model", help="path to model.keras (or a run folder holding one)")
+    _add_data_option(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--figures", metavar="DIR", help="write error-analysis figures here")
+    evaluate.add_argument("--tta", action="store_true", help="average with horizontal flips")
+    evaluate.add_argument("--test-size", type=int, help="stratified test subset (default: all)")
+    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 

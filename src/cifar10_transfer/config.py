@@ -213,10 +213,9 @@ PROFILES: dict[str, Profile] = {
 
 
 def get_profile(name: str = "quick", **overrides) -> Profile:
-    """Return profile ``name`` with ``overrides`` applied (``None`` values are ignored)."""
+    """Return profile ``name`` with ``overrides`` applied (``weights=None``: random init)."""
     if name not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
-    overrides = {key: value for key, value in overrides.items() if value is not None}
     fields = {field.name for field in dataclasses.fields(Profile)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
