@@ -39,8 +39,7 @@ def test_caffe_preprocessing_is_bgr_minus_imagenet_mean():
     layer = models._caffe_preprocessing()
     rgb = np.array([[[[10.0, 20.0, 30.0]]]], dtype="float32")
     expected = np.array([30.0, 20.0, 10.0]) - np.array(models.CAFFE_MEAN_BGR)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(rgb))[0, 0, 0], expected,
-                               rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(rgb))[0, 0, 0], expected, rtol=1e-5)
 
 
 def test_augmentation_is_active_only_in_training():
@@ -49,8 +48,9 @@ def test_augmentation_is_active_only_in_training():
     first = keras.ops.convert_to_numpy(model(images, training=False))
     second = keras.ops.convert_to_numpy(model(images, training=False))
     np.testing.assert_array_equal(first, second)
-    augmented = keras.ops.convert_to_numpy(model.get_layer("augmentation")(
-        images.astype("float32"), training=True))
+    augmented = keras.ops.convert_to_numpy(
+        model.get_layer("augmentation")(images.astype("float32"), training=True)
+    )
     assert not np.allclose(augmented, images)
 
 
@@ -73,11 +73,15 @@ def test_freezing_strategies_set_the_expected_trainable_weights():
     assert models.set_trainable(model, "head") == head_weights
 
     total = models.set_trainable(model, "all")
-    non_bn = [layer for layer in backbone.layers
-              if not isinstance(layer, keras.layers.BatchNormalization)]
+    non_bn = [
+        layer for layer in backbone.layers if not isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert total == head_weights + sum(len(layer.trainable_weights) for layer in non_bn)
-    assert all(not layer.trainable for layer in backbone.layers
-               if isinstance(layer, keras.layers.BatchNormalization))
+    assert all(
+        not layer.trainable
+        for layer in backbone.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
 
     models.set_trainable(model, "stage:conv5")
     trainable_names = {layer.name for layer in backbone.layers if layer.trainable_weights}
@@ -85,8 +89,11 @@ def test_freezing_strategies_set_the_expected_trainable_weights():
 
     models.set_trainable(model, "top:10")
     top = backbone.layers[-10:]
-    expected = sum(len(layer.weights) for layer in top
-                   if not isinstance(layer, keras.layers.BatchNormalization))
+    expected = sum(
+        len(layer.weights)
+        for layer in top
+        if not isinstance(layer, keras.layers.BatchNormalization)
+    )
     assert _trainable_backbone_weights(model) == expected
 
     with_bn = models.set_trainable(model, "all", train_bn=True)
@@ -104,8 +111,11 @@ def test_batchnorm_statistics_stay_fixed_while_fine_tuning():
     model = _small_transfer(augment=False)
     models.set_trainable(model, "all")
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
-    bn_layers = [layer for layer in model.get_layer("backbone").layers
-                 if isinstance(layer, keras.layers.BatchNormalization)]
+    bn_layers = [
+        layer
+        for layer in model.get_layer("backbone").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     before = [keras.ops.convert_to_numpy(w).copy() for layer in bn_layers for w in layer.weights]
     kernel = model.get_layer("backbone").get_layer("conv5_block3_3_conv").kernel
     kernel_before = keras.ops.convert_to_numpy(kernel).copy()
@@ -124,8 +134,9 @@ def test_transfer_model_round_trips_through_keras_file_in_safe_mode(tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)
     images = _images(3)
     # predict() runs in inference mode: augmentation off, so outputs must match exactly.
-    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(

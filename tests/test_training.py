@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cifar10_transfer import config, data, models, training
+from cifar10_transfer import config, data, training
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -27,13 +27,30 @@ def synthetic_splits(per_class=20, seed=0):
 
     x_train, y_train = images(per_class * 10 + 100)
     x_test, y_test = images(100)
-    dataset = data.CIFAR10(x_train, y_train, x_test, y_test, config.CLASS_NAMES,
-                           source="synthetic", verified=False, verification="synthetic")
+    dataset = data.CIFAR10(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        config.CLASS_NAMES,
+        source="synthetic",
+        verified=False,
+        verification="synthetic",
+    )
     return data.make_splits(dataset, val_size=100, seed=seed)
 
 
-SMALL = dict(backbone="resnet50", weights=None, image_size=32, head_units=16, batch_size=20,
-             head_epochs=2, finetune_epochs=1, baseline_epochs=2, unfreeze="stage:conv5")
+SMALL = dict(
+    backbone="resnet50",
+    weights=None,
+    image_size=32,
+    head_units=16,
+    batch_size=20,
+    head_epochs=2,
+    finetune_epochs=1,
+    baseline_epochs=2,
+    unfreeze="stage:conv5",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -44,14 +61,26 @@ def isolated_runs(tmp_path, monkeypatch):
 
 def test_baseline_run_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "run"
-    metrics = training.run_experiment("baseline_cnn", "smoke", out_dir=out,
-                                      splits=synthetic_splits(), **SMALL)
+    metrics = training.run_experiment(
+        "baseline_cnn", "smoke", out_dir=out, splits=synthetic_splits(), **SMALL
+    )
     for name in ("model.keras", "metrics.json", "history.csv", "predictions.npz"):
         assert (out / name).stat().st_size > 0
     stored = json.loads((out / "metrics.json").read_text())
     assert stored == json.loads(json.dumps(metrics))
-    for key in ("test_accuracy", "test_loss", "per_class_accuracy", "epochs", "wall_time_s",
-                "seed", "backend", "versions", "device", "device_count", "profile"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "per_class_accuracy",
+        "epochs",
+        "wall_time_s",
+        "seed",
+        "backend",
+        "versions",
+        "device",
+        "device_count",
+        "profile",
+    ):
         assert key in stored
     assert 0.0 <= stored["test_accuracy"] <= 1.0
     assert set(stored["per_class_accuracy"]) == set(config.CLASS_NAMES)
@@ -66,14 +95,17 @@ def test_baseline_run_writes_a_complete_run_folder(tmp_path):
 
 def test_same_seed_gives_the_same_metrics(tmp_path):
     splits = synthetic_splits()
-    first = training.run_experiment("baseline_cnn", "smoke", out_dir=tmp_path / "a",
-                                    splits=splits, **SMALL)
-    second = training.run_experiment("baseline_cnn", "smoke", out_dir=tmp_path / "b",
-                                     splits=splits, **SMALL)
+    first = training.run_experiment(
+        "baseline_cnn", "smoke", out_dir=tmp_path / "a", splits=splits, **SMALL
+    )
+    second = training.run_experiment(
+        "baseline_cnn", "smoke", out_dir=tmp_path / "b", splits=splits, **SMALL
+    )
     assert first["test_accuracy"] == second["test_accuracy"]
     assert first["test_loss"] == second["test_loss"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "history.csv"),
-                                  pd.read_csv(tmp_path / "b" / "history.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "a" / "history.csv"), pd.read_csv(tmp_path / "b" / "history.csv")
+    )
 
 
 class InterruptAfter(keras.callbacks.Callback):
@@ -92,11 +124,18 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     out, splits = tmp_path / "run", synthetic_splits()
     settings = {**SMALL, "baseline_epochs": 4, "early_stopping_patience": 10}
     with pytest.raises(KeyboardInterrupt):
-        training.run_experiment("baseline_cnn", "smoke", out_dir=out, splits=splits,
-                                callbacks=[InterruptAfter(2)], **settings)
+        training.run_experiment(
+            "baseline_cnn",
+            "smoke",
+            out_dir=out,
+            splits=splits,
+            callbacks=[InterruptAfter(2)],
+            **settings,
+        )
     assert (out / "backup").exists() and not (out / "metrics.json").exists()
-    metrics = training.run_experiment("baseline_cnn", "smoke", out_dir=out, splits=splits,
-                                      resume=True, **settings)
+    metrics = training.run_experiment(
+        "baseline_cnn", "smoke", out_dir=out, splits=splits, resume=True, **settings
+    )
     history = pd.read_csv(out / "history.csv")
     assert metrics["epochs"] == 4 and len(history) == 4
     assert not (out / "backup").exists()  # BackupAndRestore cleans up after success
@@ -115,20 +154,26 @@ def test_head_trained_on_cached_features_drops_into_the_full_model(tmp_path):
 
 def test_finetune_starts_from_the_head_run_and_keeps_bn_frozen(tmp_path):
     splits = synthetic_splits()
-    head = training.run_experiment("head", "smoke", out_dir=tmp_path / "head", splits=splits,
-                                   **SMALL)
+    head = training.run_experiment(
+        "head", "smoke", out_dir=tmp_path / "head", splits=splits, **SMALL
+    )
     head_model = keras.saving.load_model(tmp_path / "head" / "model.keras", safe_mode=True)
-    metrics = training.run_experiment("finetune", "smoke", out_dir=tmp_path / "finetune",
-                                      splits=splits, **SMALL)
+    metrics = training.run_experiment(
+        "finetune", "smoke", out_dir=tmp_path / "finetune", splits=splits, **SMALL
+    )
     history = pd.read_csv(tmp_path / "finetune" / "history.csv")
     assert list(history["stage"]) == ["head"] * head["epochs"] + ["finetune"]
     assert "tta_test_accuracy" in metrics
     tuned = keras.saving.load_model(tmp_path / "finetune" / "model.keras", safe_mode=True)
     bn_name = "conv5_block3_3_bn"
-    for before, after in zip(head_model.get_layer("backbone").get_layer(bn_name).weights,
-                             tuned.get_layer("backbone").get_layer(bn_name).weights, strict=True):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(before),
-                                      keras.ops.convert_to_numpy(after))
+    for before, after in zip(
+        head_model.get_layer("backbone").get_layer(bn_name).weights,
+        tuned.get_layer("backbone").get_layer(bn_name).weights,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(before), keras.ops.convert_to_numpy(after)
+        )
 
 
 def test_bad_experiment_and_setting_are_value_errors():
@@ -153,11 +198,17 @@ print(json.dumps(metrics))
 
 @pytest.mark.parametrize("backend", ["jax"])
 def test_core_training_path_runs_on_another_backend(tmp_path, backend):
-    environment = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(SRC),
-                   "CIFAR10_TRANSFER_ROOT": str(tmp_path), "CIFAR10_VERBOSE": "0"}
+    environment = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": str(SRC),
+        "CIFAR10_TRANSFER_ROOT": str(tmp_path),
+        "CIFAR10_VERBOSE": "0",
+    }
     script = JAX_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "run"))
-    result = subprocess.run([sys.executable, "-c", script], env=environment,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["backend"] == backend and backend in metrics["versions"]
@@ -168,9 +219,17 @@ def test_core_training_path_runs_on_another_backend(tmp_path, backend):
 @pytest.mark.realdata
 def test_seed_cnn_learns_real_cifar10(real_cifar10, tmp_path):
     """The seed CNN, 2 epochs on 10k real images: clearly above chance (10%)."""
-    splits = data.make_splits(real_cifar10, train_size=10_000, val_size=1_000,
-                              test_size=2_000, seed=42)
+    splits = data.make_splits(
+        real_cifar10, train_size=10_000, val_size=1_000, test_size=2_000, seed=42
+    )
     metrics = training.run_experiment(
-        "baseline_cnn", "smoke", out_dir=tmp_path / "run", splits=splits,
-        baseline_epochs=2, baseline_batch_size=64, augment=False, label_smoothing=0.0)
+        "baseline_cnn",
+        "smoke",
+        out_dir=tmp_path / "run",
+        splits=splits,
+        baseline_epochs=2,
+        baseline_batch_size=64,
+        augment=False,
+        label_smoothing=0.0,
+    )
     assert metrics["test_accuracy"] >= 0.45, metrics["test_accuracy"]

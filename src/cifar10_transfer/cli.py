@@ -11,8 +11,6 @@ import json
 import sys
 import time
 
-from cifar10_transfer import config
-
 
 def _add_data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -76,8 +74,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         devices=args.devices,
         **overrides,
     )
-    print(json.dumps({key: metrics[key] for key in ("experiment", "test_accuracy", "test_loss",
-                                                     "epochs", "wall_time_s", "device")}))
+    print(
+        json.dumps(
+            {
+                key: metrics[key]
+                for key in (
+                    "experiment",
+                    "test_accuracy",
+                    "test_loss",
+                    "epochs",
+                    "wall_time_s",
+                    "device",
+                )
+            }
+        )
+    )
     return 0
 
 
@@ -101,10 +112,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"accuracy: {report['accuracy']:.4f}   loss: {report['loss']:.4f}   "
-          f"ECE: {report['ece']:.4f}   ({len(labels)} test images)")
-    print(evaluation.classification_report(labels, probabilities.argmax(axis=1),
-                                           dataset.class_names).round(3).to_string())
+    print(
+        f"accuracy: {report['accuracy']:.4f}   loss: {report['loss']:.4f}   "
+        f"ECE: {report['ece']:.4f}   ({len(labels)} test images)"
+    )
+    print(
+        evaluation.classification_report(labels, probabilities.argmax(axis=1), dataset.class_names)
+        .round(3)
+        .to_string()
+    )
     return 0
 
 
@@ -123,10 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     from cifar10_transfer.config import PROFILES
 
     train = commands.add_parser("train", help="train one experiment and write its run folder")
-    train.add_argument("experiment", choices=["baseline_cnn", "two_layer_fc", "three_layer_cnn",
-                                              "head", "finetune"])
-    train.add_argument("--profile", default="quick", choices=sorted(PROFILES),
-                       help="hyper-parameter set (default: quick, the CPU profile)")
+    train.add_argument(
+        "experiment",
+        choices=["baseline_cnn", "two_layer_fc", "three_layer_cnn", "head", "finetune"],
+    )
+    train.add_argument(
+        "--profile",
+        default="quick",
+        choices=sorted(PROFILES),
+        help="hyper-parameter set (default: quick, the CPU profile)",
+    )
     _add_data_option(train)
     train.add_argument("--backbone", help="efficientnet_lite0 or a keras.applications name")
     train.add_argument("--weights", help="imagenet, none, or a local weights file")
@@ -136,10 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--unfreeze", help="head | top:N | stage:NAME | gradual | all")
     train.add_argument("--seed", type=int)
     train.add_argument("--out", metavar="DIR", help="run folder (default runs/PROFILE/EXPERIMENT)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue an interrupted run in --out from its last epoch")
-    train.add_argument("--devices", default=None,
-                       help="'all' or N devices for data-parallel training (default: 1)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its last epoch",
+    )
+    train.add_argument(
+        "--devices", default=None, help="'all' or N devices for data-parallel training (default: 1)"
+    )
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="test-set metrics of a saved model.keras")

@@ -210,8 +210,10 @@ def _build_application(application: str, weights, image_size: int):
 def build_backbone(backbone: str = "resnet50", weights="imagenet", image_size: int = 224):
     """Return ``(backbone_model, preprocessing_mode)``; the model expects preprocessed input."""
     if weights not in ("imagenet", None) and not os.path.exists(str(weights)):
-        raise WeightsError(f"weights file {weights!r} does not exist; expected 'imagenet', None "
-                           "or a path to a weights file")
+        raise WeightsError(
+            f"weights file {weights!r} does not exist; expected 'imagenet', None "
+            "or a path to a weights file"
+        )
     if backbone.startswith("efficientnet_lite"):
         constructor = efficientnet_lite.BACKBONES.get(backbone)
         if constructor is None:
@@ -226,8 +228,9 @@ def build_backbone(backbone: str = "resnet50", weights="imagenet", image_size: i
     return _build_application(application, weights, image_size), _preprocessing_mode(application)
 
 
-def build_head(feature_dim: int, head: str = "seed", head_units: int = 256,
-               dropout_rate: float = 0.5) -> keras.Model:
+def build_head(
+    feature_dim: int, head: str = "seed", head_units: int = 256, dropout_rate: float = 0.5
+) -> keras.Model:
     """Classifier on pooled backbone features; also trainable alone on cached features.
 
     - "seed": Dense(head_units, ReLU), Dropout, softmax (after global average pooling).

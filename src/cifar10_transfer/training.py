@@ -62,7 +62,11 @@ def _git_commit() -> str | None:
     try:
         result = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=config.ROOT, capture_output=True, text=True, timeout=5, check=True,
+            cwd=config.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         return result.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -75,7 +79,10 @@ def _device_name() -> str:
         try:
             result = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10, check=True,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
             )
             return result.stdout.strip().splitlines()[0]
         except (OSError, subprocess.SubprocessError, IndexError):
@@ -86,8 +93,12 @@ def _device_name() -> str:
 def environment() -> dict:
     """Provenance of a run: code version, backend, library versions and device."""
     backend = keras.backend.backend()
-    versions = {"python": platform.python_version(), "keras": keras.__version__,
-                "numpy": np.__version__, "cifar10_transfer": __version__}
+    versions = {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "cifar10_transfer": __version__,
+    }
     backend_module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
     if backend_module:
         versions[backend_module] = __import__(backend_module).__version__
@@ -108,8 +119,9 @@ class LearningRateLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
-                self.model.optimizer.learning_rate))
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
 
 
 def _callbacks(out_dir: Path, schedule: str, patience: int, resume: bool, extra=()) -> list:
@@ -125,9 +137,14 @@ def _callbacks(out_dir: Path, schedule: str, patience: int, resume: bool, extra=
         ),
     ]
     if schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE,
-            min_lr=MIN_LEARNING_RATE))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=PLATEAU_FACTOR,
+                patience=PLATEAU_PATIENCE,
+                min_lr=MIN_LEARNING_RATE,
+            )
+        )
     # The logger must run before CSVLogger so the learning rate reaches history.csv.
     callbacks.append(LearningRateLogger())
     callbacks.append(keras.callbacks.CSVLogger(str(out_dir / "history.part.csv"), append=resume))
@@ -139,12 +156,19 @@ def _optimizer(learning_rate: float, schedule: str, epochs: int, steps_per_epoch
         raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=max(epochs * steps_per_epoch, 1))
+            learning_rate, decay_steps=max(epochs * steps_per_epoch, 1)
+        )
     return keras.optimizers.Adam(learning_rate)
 
 
-def compile_model(model, learning_rate: float, schedule: str = "constant", epochs: int = 1,
-                  steps_per_epoch: int = 1, label_smoothing: float = 0.0) -> None:
+def compile_model(
+    model,
+    learning_rate: float,
+    schedule: str = "constant",
+    epochs: int = 1,
+    steps_per_epoch: int = 1,
+    label_smoothing: float = 0.0,
+) -> None:
     """Adam + categorical cross-entropy (one-hot targets, so label smoothing works)."""
     model.compile(
         optimizer=_optimizer(learning_rate, schedule, epochs, steps_per_epoch),
@@ -157,16 +181,33 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(config.NUM_CLASSES, dtype="float32")[labels]
 
 
-def fit(model, x_train, y_train, x_val, y_val, *, epochs: int, batch_size: int,
-        learning_rate: float, schedule: str, patience: int, label_smoothing: float,
-        out_dir: Path, resume: bool = False, callbacks=()) -> pd.DataFrame:
+def fit(
+    model,
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    schedule: str,
+    patience: int,
+    label_smoothing: float,
+    out_dir: Path,
+    resume: bool = False,
+    callbacks=(),
+) -> pd.DataFrame:
     """Compile and fit one stage; return its history (one row per epoch)."""
     steps_per_epoch = int(np.ceil(len(x_train) / batch_size))
     compile_model(model, learning_rate, schedule, epochs, steps_per_epoch, label_smoothing)
     model.fit(
-        x_train, one_hot(y_train),
+        x_train,
+        one_hot(y_train),
         validation_data=(x_val, one_hot(y_val)),
-        epochs=epochs, batch_size=batch_size, shuffle=True,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
         callbacks=_callbacks(out_dir, schedule, patience, resume, callbacks),
         verbose=1 if os.environ.get("CIFAR10_VERBOSE", "1") != "0" else 2,
     )
@@ -196,16 +237,29 @@ def cached_features(model, splits, cache_file: Path, batch_size: int) -> dict:
 def _features_key(profile: config.Profile, splits) -> str:
     """Cache key: everything that changes the features."""
     digest = hashlib.sha256()
-    for part in (profile.backbone, str(profile.weights), profile.image_size,
-                 splits.x_train.shape, splits.x_test.shape, profile.seed):
+    for part in (
+        profile.backbone,
+        str(profile.weights),
+        profile.image_size,
+        splits.x_train.shape,
+        splits.x_test.shape,
+        profile.seed,
+    ):
         digest.update(str(part).encode())
     for array in (splits.x_train[:64], splits.x_val[:64], splits.x_test[:64]):
         digest.update(array.tobytes())
     return digest.hexdigest()[:16]
 
 
-def train_head(model, splits, profile: config.Profile, out_dir: Path, resume: bool = False,
-               cache_features: bool = True, callbacks=()):
+def train_head(
+    model,
+    splits,
+    profile: config.Profile,
+    out_dir: Path,
+    resume: bool = False,
+    cache_features: bool = True,
+    callbacks=(),
+):
     """Head stage with the backbone frozen. Returns (history, test_probabilities).
 
     With ``cache_features`` the backbone runs once per image and the head trains on the
@@ -213,26 +267,36 @@ def train_head(model, splits, profile: config.Profile, out_dir: Path, resume: bo
     frozen backbone runs every epoch (needed only when augmenting in this stage).
     """
     models.set_trainable(model, "head")
-    settings = dict(epochs=profile.head_epochs, batch_size=profile.batch_size,
-                    learning_rate=profile.head_learning_rate, schedule=profile.lr_schedule,
-                    patience=profile.early_stopping_patience,
-                    label_smoothing=profile.label_smoothing, out_dir=out_dir, resume=resume,
-                    callbacks=callbacks)
+    settings = dict(
+        epochs=profile.head_epochs,
+        batch_size=profile.batch_size,
+        learning_rate=profile.head_learning_rate,
+        schedule=profile.lr_schedule,
+        patience=profile.early_stopping_patience,
+        label_smoothing=profile.label_smoothing,
+        out_dir=out_dir,
+        resume=resume,
+        callbacks=callbacks,
+    )
     if not cache_features:
-        history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
-                      **settings)
+        history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, **settings)
         return history, model.predict(splits.x_test, batch_size=profile.batch_size, verbose=0)
-    cache_file = (config.RUNS_DIR / "features"
-                  / f"{profile.backbone}-{profile.image_size}px-{_features_key(profile, splits)}.npz")
+    cache_file = (
+        config.RUNS_DIR
+        / "features"
+        / f"{profile.backbone}-{profile.image_size}px-{_features_key(profile, splits)}.npz"
+    )
     features = cached_features(model, splits, cache_file, profile.batch_size)
     head = model.get_layer("head")
-    history = fit(head, features["train"], splits.y_train, features["val"], splits.y_val,
-                  **settings)
+    history = fit(
+        head, features["train"], splits.y_train, features["val"], splits.y_val, **settings
+    )
     return history, head.predict(features["test"], batch_size=profile.batch_size, verbose=0)
 
 
-def fine_tune(model, splits, profile: config.Profile, out_dir: Path, resume: bool = False,
-              callbacks=()) -> pd.DataFrame:
+def fine_tune(
+    model, splits, profile: config.Profile, out_dir: Path, resume: bool = False, callbacks=()
+) -> pd.DataFrame:
     """Unfreeze per ``profile.unfreeze`` (recompiling each time) and fit with augmentation."""
     if profile.unfreeze == "gradual":
         steps = models.gradual_steps(len(model.get_layer("backbone").layers))
@@ -243,12 +307,20 @@ def fine_tune(model, splits, profile: config.Profile, out_dir: Path, resume: boo
     for index, strategy in enumerate(steps):
         models.set_trainable(model, strategy, train_bn=profile.train_bn)
         history = fit(
-            model, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
-            epochs=epochs_per_step, batch_size=profile.batch_size,
+            model,
+            splits.x_train,
+            splits.y_train,
+            splits.x_val,
+            splits.y_val,
+            epochs=epochs_per_step,
+            batch_size=profile.batch_size,
             learning_rate=profile.finetune_learning_rate * GRADUAL_DECAY**index,
-            schedule=profile.lr_schedule, patience=profile.early_stopping_patience,
-            label_smoothing=profile.label_smoothing, out_dir=out_dir,
-            resume=resume, callbacks=callbacks,
+            schedule=profile.lr_schedule,
+            patience=profile.early_stopping_patience,
+            label_smoothing=profile.label_smoothing,
+            out_dir=out_dir,
+            resume=resume,
+            callbacks=callbacks,
         )
         history["unfreeze"] = strategy
         histories.append(history)
@@ -303,9 +375,13 @@ def run_experiment(
     started = time.perf_counter()
     set_seed(profile.seed)
     precision = configure_precision()
-    strategy = distribute.setup(devices, profile.batch_size)
+    batch_size = (
+        profile.baseline_batch_size if experiment in models.BASELINES else profile.batch_size
+    )
+    strategy = distribute.setup(devices, batch_size)
     if splits is None:
         splits = data.load_splits(profile, data_source)
+    strategy.check_splits(splits)
     _prepare_out_dir(out_dir, resume)
     head_dir = out_dir.parent / "head"
     if experiment == "finetune" and not (head_dir / "model.keras").exists():
@@ -317,19 +393,28 @@ def run_experiment(
         if experiment in models.BASELINES:
             model = models.BASELINES[experiment](augment=profile.augment, seed=profile.seed)
             history = fit(
-                model, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
-                epochs=profile.baseline_epochs, batch_size=profile.baseline_batch_size,
-                learning_rate=profile.baseline_learning_rate, schedule=profile.lr_schedule,
+                model,
+                splits.x_train,
+                splits.y_train,
+                splits.x_val,
+                splits.y_val,
+                epochs=profile.baseline_epochs,
+                batch_size=profile.baseline_batch_size,
+                learning_rate=profile.baseline_learning_rate,
+                schedule=profile.lr_schedule,
                 patience=profile.early_stopping_patience,
-                label_smoothing=profile.label_smoothing, out_dir=out_dir, resume=resume,
+                label_smoothing=profile.label_smoothing,
+                out_dir=out_dir,
+                resume=resume,
                 callbacks=callbacks,
             )
             history["stage"] = "baseline"
-            probabilities = model.predict(splits.x_test, batch_size=256, verbose=0)
+            probabilities = model.predict(splits.x_test, batch_size=batch_size, verbose=0)
         elif experiment == "head":
             model = _new_transfer_model(profile)
-            history, probabilities = train_head(model, splits, profile, out_dir, resume,
-                                                callbacks=callbacks)
+            history, probabilities = train_head(
+                model, splits, profile, out_dir, resume, callbacks=callbacks
+            )
             history["stage"] = "head"
         else:
             model = keras.saving.load_model(head_dir / "model.keras", safe_mode=True)
@@ -337,10 +422,8 @@ def run_experiment(
             history = fine_tune(model, splits, profile, out_dir, resume, callbacks)
             history["stage"] = "finetune"
             history = pd.concat([head_history, history], ignore_index=True)
-            probabilities = model.predict(splits.x_test, batch_size=profile.batch_size,
-                                          verbose=0)
-            tta = evaluation.predict_with_tta(model, splits.x_test,
-                                              batch_size=profile.batch_size)
+            probabilities = model.predict(splits.x_test, batch_size=profile.batch_size, verbose=0)
+            tta = evaluation.predict_with_tta(model, splits.x_test, batch_size=profile.batch_size)
             extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
 
     report = evaluation.evaluate_predictions(splits.y_test, probabilities, splits.class_names)
@@ -351,8 +434,9 @@ def run_experiment(
         "test_loss": report["loss"],
         **extra,
         "ece": report["ece"],
-        "per_class_accuracy": {name: report["per_class"][name]["recall"]
-                               for name in splits.class_names},
+        "per_class_accuracy": {
+            name: report["per_class"][name]["recall"] for name in splits.class_names
+        },
         "epochs": int((history["stage"] == history["stage"].iloc[-1]).sum()),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "seed": profile.seed,
@@ -381,9 +465,15 @@ def run_experiment(
 
 def _new_transfer_model(profile: config.Profile):
     return models.transfer_model(
-        backbone=profile.backbone, weights=profile.weights, image_size=profile.image_size,
-        head=profile.head, head_units=profile.head_units, dropout_rate=profile.dropout_rate,
-        augment=profile.augment, train_bn=profile.train_bn, seed=profile.seed,
+        backbone=profile.backbone,
+        weights=profile.weights,
+        image_size=profile.image_size,
+        head=profile.head,
+        head_units=profile.head_units,
+        dropout_rate=profile.dropout_rate,
+        augment=profile.augment,
+        train_bn=profile.train_bn,
+        seed=profile.seed,
     )
 
 
@@ -393,7 +483,8 @@ def predict(model, images: np.ndarray, batch_size: int = 256):
     if images.ndim == 3:
         images = images[None]
     if images.shape[1:] != config.IMAGE_SHAPE or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 of shape (N, 32, 32, 3), got "
-                         f"{images.dtype} {images.shape}")
+        raise ValueError(
+            f"images must be uint8 of shape (N, 32, 32, 3), got {images.dtype} {images.shape}"
+        )
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
     return [config.CLASS_NAMES[i] for i in probabilities.argmax(axis=1)], probabilities

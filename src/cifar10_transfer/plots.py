@@ -1,0 +1,565 @@
+"""Report figures from plain arrays: EDA, training curves, errors, calibration, comparison.
+
+Every function draws one figure, saves it as a PNG (default under ``config.IMAGES_DIR``,
+``path`` overrides) and returns the Figure. The figure is already closed in pyplot, so
+loops don't pile up open figures and a notebook shows it once: make it the cell's value
+or call ``display(fig)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+# Scripts, tests and the CLI are headless; a notebook (ipykernel sets MPLBACKEND) or a
+# user who already imported pyplot keeps the backend they chose.
+if not os.environ.get("MPLBACKEND") and "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
+
+from cifar10_transfer import config  # noqa: E402
+from cifar10_transfer.evaluation import check_labels, normalize_rows  # noqa: E402
+
+DPI = 150
+# Sizes chosen for a ~9 in wide figure shown at notebook width or on a slide.
+STYLE = {
+    "font.size": 12,
+    "axes.titlesize": 14,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 12,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "legend.fontsize": 11,
+    "figure.titlesize": 15,
+    "figure.titleweight": "bold",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+TRAIN_COLOR, VALIDATION_COLOR = "#1f77b4", "#ff7f0e"
+CHANNEL_COLORS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4"}
+
+
+def _styled(function):
+    """Draw under STYLE without touching the caller's global rcParams."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _save(figure, path, default_name: str):
+    """Write ``figure`` atomically as PNG (temp file in the same folder, then os.replace),
+    close it in pyplot and return it."""
+    path = Path(path) if path is not None else config.IMAGES_DIR / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A plain open() (not mkstemp, which makes files 0600) so the PNG gets the usual umask mode.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        figure.savefig(temporary, format="png", dpi=DPI, bbox_inches="tight")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    plt.close(figure)
+    return figure
+
+
+def _check_images(images, name: str = "images") -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(
+            f"{name} must have shape (N, height, width, 3) with N >= 1, got {images.shape}"
+        )
+    return images
+
+
+def _check_image_labels(labels, name: str, images, class_names) -> np.ndarray:
+    labels = check_labels(labels, name, len(class_names))
+    if len(labels) != len(images):
+        raise ValueError(f"{name} must have one label per image ({len(images)}), got {len(labels)}")
+    return labels
+
+
+def _image_grid(
+    rows: int, columns: int, cell: float, title: float = 0.0, left: float = 0.05, top: float = 0.45
+):
+    """A figure of ``rows`` x ``columns`` square, frameless image axes with even gaps.
+
+    Sizes in inches: ``cell`` per image, ``title`` above each image for its title, ``left``
+    for row labels, ``top`` for the figure title. Exact sizes rather than a layout engine,
+    which leaves uneven gaps around fixed-aspect images.
+    """
+    gap, margin = 0.06, 0.05
+    width = left + columns * cell + (columns - 1) * gap + margin
+    height = top + rows * (cell + title) + (rows - 1) * gap + margin
+    figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
+    figure.subplots_adjust(
+        left=left / width,
+        right=1 - margin / width,
+        top=1 - (top + title) / height,
+        bottom=margin / height,
+        wspace=gap / cell,
+        hspace=(gap + title) / cell,
+    )
+    for axis in axes.ravel():
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_frame_on(False)
+    return figure, axes
+
+
+def _grid_title(figure, text: str):
+    """The figure title, inside the top margin that ``_image_grid`` left for it."""
+    figure.suptitle(text, y=1 - 0.08 / figure.get_figheight(), va="top")
+
+
+def _as_image(image) -> np.ndarray:
+    """uint8 for imshow: float batches (e.g. from augmentation layers) are clipped to 0..255."""
+    image = np.asarray(image)
+    return image if image.dtype == np.uint8 else np.clip(image, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- exploratory analysis
+
+
+@_styled
+def class_distribution(y_train, y_test, class_names=config.CLASS_NAMES, path=None):
+    """Images per class in the training and test sets (two panels, counts on the bars)."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.8), sharey=True, layout="constrained")
+    splits = (("y_train", y_train, "Training set"), ("y_test", y_test, "Test set"))
+    for axis, (name, labels, split), color in zip(
+        axes, splits, (TRAIN_COLOR, VALIDATION_COLOR), strict=True
+    ):
+        labels = check_labels(labels, name, len(class_names))
+        counts = np.bincount(labels, minlength=len(class_names))
+        bars = axis.barh(class_names, counts, color=color)
+        axis.bar_label(bars, labels=[f"{count:,}" for count in counts], padding=3, fontsize=10)
+        axis.set_title(f"{split}: {counts.sum():,} images")
+        axis.set_xlabel("Images")
+        axis.set_xlim(0, counts.max() * 1.18)  # room for the count labels
+    axes[0].invert_yaxis()  # class 0 on top, as in the class list
+    figure.suptitle("Images per class")
+    return _save(figure, path, "class_distribution.png")
+
+
+@_styled
+def sample_grid(
+    images, labels, n_per_class: int = 8, class_names=config.CLASS_NAMES, seed: int = 0, path=None
+):
+    """``n_per_class`` random images of every class, one row per class."""
+    images = _check_images(images)
+    labels = _check_image_labels(labels, "labels", images, class_names)
+    rng = np.random.default_rng(seed)
+    figure, axes = _image_grid(len(class_names), n_per_class, cell=1.0, left=1.3)
+    for row, name in enumerate(class_names):
+        members = np.flatnonzero(labels == row)
+        chosen = rng.choice(members, size=min(n_per_class, len(members)), replace=False)
+        for column, index in enumerate(chosen):
+            axes[row, column].imshow(images[index], interpolation="nearest")
+        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=12)
+    _grid_title(figure, f"{n_per_class} random images per class")
+    return _save(figure, path, "sample_grid.png")
+
+
+@_styled
+def channel_histograms(images, path=None):
+    """Pixel-intensity distribution of the R, G and B channels (share of pixels per value)."""
+    images = _check_images(images)
+    figure, axis = plt.subplots(figsize=(9, 4.8), layout="constrained")
+    values = np.arange(256)
+    for channel, (name, color) in enumerate(CHANNEL_COLORS.items()):
+        pixels = images[..., channel].ravel()
+        share = np.bincount(pixels, minlength=256)[:256] / pixels.size
+        label = f"{name} (mean {pixels.mean():.1f}, std {pixels.std():.1f})"
+        axis.plot(values, share, color=color, linewidth=2, label=label)
+    axis.set_xlim(-2, 257)  # keep the 0 and 255 spikes off the spines
+    axis.set_ylim(bottom=0)
+    axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
+    axis.set_xlabel("Pixel intensity (0-255)")
+    axis.set_ylabel("Share of pixels")
+    axis.set_title(f"Pixel intensities per channel ({len(images):,} images)")
+    axis.legend(loc="upper center", frameon=False)
+    return _save(figure, path, "channel_histograms.png")
+
+
+@_styled
+def mean_images(images, labels, class_names=config.CLASS_NAMES, path=None):
+    """The per-pixel mean image of every class (two rows of five for CIFAR-10)."""
+    images = _check_images(images)
+    labels = _check_image_labels(labels, "labels", images, class_names)
+    columns = min(5, len(class_names))
+    rows = -(-len(class_names) // columns)
+    figure, axes = _image_grid(rows, columns, cell=1.7, title=0.3)
+    for index, (axis, name) in enumerate(zip(axes.ravel(), class_names, strict=False)):
+        members = images[labels == index]
+        if len(members):
+            # float64 accumulation in numpy's buffered reduce: no float copy of the whole class
+            axis.imshow(members.mean(axis=0, dtype=np.float64) / 255, interpolation="bilinear")
+        axis.set_title(f"{name} ({len(members):,})", fontsize=12, fontweight="normal")
+    _grid_title(figure, "Mean image per class")
+    return _save(figure, path, "mean_images.png")
+
+
+@_styled
+def augmentation_examples(images, augment, n_variants: int = 5, path=None):
+    """Each image (a row) in its original form, then passed ``n_variants`` times through
+    ``augment``: a callable or Keras layer mapping a uint8 batch to a batch in 0..255
+    (a Keras layer is called with ``training=True`` so its random transforms are active)."""
+    images = _check_images(images)
+    # A Keras layer exists only once keras is imported; a plain function needs no Keras at all.
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(augment, keras.layers.Layer):
+        augment = functools.partial(augment, training=True)
+    variants = [np.asarray(augment(images)) for _ in range(n_variants)]
+    figure, axes = _image_grid(len(images), n_variants + 1, cell=1.4, top=0.8)
+    for row in range(len(images)):
+        axes[row, 0].imshow(images[row], interpolation="nearest")
+        for column, batch in enumerate(variants, start=1):
+            axes[row, column].imshow(_as_image(batch[row]), interpolation="nearest")
+    axes[0, 0].set_title("original", fontsize=12, fontweight="bold")
+    for column in range(1, n_variants + 1):
+        axes[0, column].set_title(f"augmented {column}", fontsize=11, fontweight="normal")
+    _grid_title(figure, "Training augmentation: the same images, random transforms")
+    return _save(figure, path, "augmentation_examples.png")
+
+
+# ---------------------------------------------------------------- training
+
+
+@_styled
+def training_curves(
+    history, stage_boundary: int | None = None, learning_rate=None, title=None, path=None
+):
+    """Loss and accuracy per epoch, training vs validation.
+
+    ``history``: a Keras History, a dict of per-epoch lists or a DataFrame with ``loss``,
+    ``accuracy`` and optionally ``val_loss``, ``val_accuracy``, ``learning_rate``.
+    ``stage_boundary``: number of head-only epochs; a line marks where fine-tuning starts.
+    ``learning_rate``: per-epoch values, overriding the history's; drawn on a log axis.
+    """
+    table = pd.DataFrame(getattr(history, "history", history))
+    missing = {"loss", "accuracy"} - set(table.columns)
+    if missing or table.empty:
+        raise ValueError(
+            f"history must have per-epoch columns loss and accuracy, missing {sorted(missing)}"
+        )
+    if learning_rate is not None:
+        if len(learning_rate) != len(table):
+            raise ValueError(
+                f"learning_rate must have one value per epoch ({len(table)}), "
+                f"got {len(learning_rate)}"
+            )
+        table["learning_rate"] = np.asarray(learning_rate, dtype=float)
+    if stage_boundary is not None and not 0 < stage_boundary < len(table):
+        raise ValueError(
+            f"stage_boundary must be in 1..{len(table) - 1} epochs, got {stage_boundary}"
+        )
+    epochs = np.arange(1, len(table) + 1)
+
+    figure, axes = plt.subplots(1, 2, figsize=(10.5, 4.6), layout="constrained")
+    for axis, metric, label in zip(
+        axes, ("loss", "accuracy"), ("Loss (cross-entropy)", "Accuracy"), strict=True
+    ):
+        axis.plot(epochs, table[metric], "o-", color=TRAIN_COLOR, markersize=4, label="training")
+        if f"val_{metric}" in table:
+            axis.plot(
+                epochs,
+                table[f"val_{metric}"],
+                "o-",
+                color=VALIDATION_COLOR,
+                markersize=4,
+                label="validation",
+            )
+        axis.set_xlabel("Epoch")
+        axis.set_ylabel(label)
+        axis.set_title(label.split(" ")[0])
+        axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if stage_boundary is not None:
+            # Shade the head stage; the line sits between its last and fine-tuning's first
+            # epoch. Both are explained in the legend, so no label covers the curves.
+            axis.axvspan(0.5, stage_boundary + 0.5, color="0.9", zorder=0)
+            axis.axvline(stage_boundary + 0.5, color="0.3", linestyle="--", linewidth=1.4)
+        axis.set_xlim(0.5, len(table) + 0.5)
+    axes[1].yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+
+    handles, labels = axes[0].get_legend_handles_labels()
+    if stage_boundary is not None:
+        handles += [Patch(color="0.9"), axes[0].lines[-1]]
+        labels += [
+            f"head only (epochs 1-{stage_boundary})",
+            f"fine-tuning starts (epoch {stage_boundary + 1})",
+        ]
+    if "learning_rate" in table:
+        rate_axis = axes[0].twinx()
+        rate_axis.spines["right"].set_visible(True)
+        (rate_line,) = rate_axis.plot(
+            epochs,
+            table["learning_rate"],
+            color="0.45",
+            linestyle=":",
+            linewidth=2,
+            label="learning rate",
+        )
+        rate_axis.set_yscale("log")
+        rate_axis.set_ylabel("Learning rate (log)", color="0.35")
+        handles.append(rate_line)
+        labels.append("learning rate")
+    figure.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False)
+    figure.suptitle(title or "Training history")
+    return _save(figure, path, "training_curves.png")
+
+
+# ---------------------------------------------------------------- errors and calibration
+
+
+@_styled
+def confusion_matrix_heatmap(cm, class_names=config.CLASS_NAMES, normalize: bool = True, path=None):
+    """Heat map of a (classes, classes) count matrix, rows are true classes; ``normalize``
+    shows each row as percentages of the true class.
+
+    Only the mistakes are coloured; the diagonal is grey with bold numbers. On one shared
+    scale the ~90% diagonal would leave every confusion looking white.
+    """
+    counts = np.asarray(cm, dtype=float)
+    size = len(class_names)
+    if counts.shape != (size, size):
+        raise ValueError(
+            f"cm must have shape ({size}, {size}) to match class_names, got {counts.shape}"
+        )
+    if normalize:
+        values = normalize_rows(counts)
+        annotations = np.where(values >= 0.01, np.char.mod("%.0f", values * 100), "<1")
+        colorbar = {"label": "Mistakes: share of the true class"}
+        colorbar["format"] = PercentFormatter(xmax=1, decimals=0)
+    else:
+        values = counts
+        annotations = np.char.mod("%d", values)
+        colorbar = {"label": "Mistakes: images"}
+    annotations = np.where(values > 0, annotations, "")  # empty cells stay blank
+    diagonal = np.eye(size, dtype=bool)
+    figure, axis = plt.subplots(figsize=(9.5, 8), layout="constrained")
+    sns.heatmap(
+        values,
+        mask=diagonal,
+        annot=annotations,
+        fmt="",
+        cmap="Blues",
+        vmin=0,
+        vmax=max(values[~diagonal].max(), 1e-9),
+        square=True,
+        linewidths=0.5,
+        linecolor="white",
+        xticklabels=class_names,
+        yticklabels=class_names,
+        annot_kws={"fontsize": 10},
+        cbar_kws={**colorbar, "shrink": 0.8},
+        ax=axis,
+    )
+    for index in range(size):
+        axis.add_patch(plt.Rectangle((index, index), 1, 1, facecolor="0.82", edgecolor="white"))
+        axis.text(
+            index + 0.5,
+            index + 0.5,
+            annotations[index, index],
+            ha="center",
+            va="center",
+            fontsize=10.5,
+            fontweight="bold",
+        )
+    axis.set_xlabel("Predicted class")
+    axis.set_ylabel("True class")
+    axis.tick_params(axis="x", labelrotation=45)
+    plt.setp(axis.get_xticklabels(), ha="right", rotation_mode="anchor")
+    axis.tick_params(axis="y", labelrotation=0)
+    kind = "% of each true class" if normalize else "image counts"
+    axis.set_title(f"Confusion matrix ({kind})")
+    return _save(figure, path, "confusion_matrix.png")
+
+
+@_styled
+def per_class_accuracy_bars(per_class: dict, title=None, path=None):
+    """Horizontal bars of accuracy (fraction) per class, best on top, with the mean marked."""
+    if not per_class or not all(np.isscalar(value) for value in per_class.values()):
+        raise ValueError(
+            "per_class must be a non-empty dict mapping class name -> accuracy fraction"
+        )
+    ranked = sorted(per_class.items(), key=lambda item: item[1], reverse=True)
+    names = [name for name, _ in ranked]
+    values = np.array([value for _, value in ranked], dtype=float)
+    mean = float(np.nanmean(values))
+    figure, axis = plt.subplots(figsize=(9, 0.45 * len(names) + 1.6), layout="constrained")
+    bars = axis.barh(names, values, color=TRAIN_COLOR, height=0.7)
+    axis.axvline(mean, color="0.2", linestyle="--", linewidth=1.4, label=f"mean {mean:.1%}")
+    # White boxes keep the values readable where the mean line runs behind them.
+    axis.bar_label(
+        bars,
+        labels=[f"{value:.1%}" for value in values],
+        padding=4,
+        fontsize=11,
+        bbox={"facecolor": "white", "edgecolor": "none", "pad": 2},
+    )
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1.1)
+    axis.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axis.set_xlabel("Accuracy (recall of the class)")
+    axis.set_title(title or "Test accuracy per class")
+    axis.legend(loc="lower right", frameon=True)
+    return _save(figure, path, "per_class_accuracy.png")
+
+
+@_styled
+def misclassified_grid(
+    images, y_true, y_pred, confidences, n: int = 20, class_names=config.CLASS_NAMES, path=None
+):
+    """The ``n`` most confident mistakes, titled "true: cat / pred: dog (87%)".
+
+    ``confidences``: the predicted class's probability per image.
+    """
+    images = _check_images(images)
+    y_true = _check_image_labels(y_true, "y_true", images, class_names)
+    y_pred = _check_image_labels(y_pred, "y_pred", images, class_names)
+    confidences = np.asarray(confidences, dtype=float)
+    if confidences.shape != (len(images),):
+        raise ValueError(f"confidences must have shape ({len(images)},), got {confidences.shape}")
+    if n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n}")
+    wrong = np.flatnonzero(y_true != y_pred)
+    # Stable sort: equally confident mistakes keep their dataset order, so reruns match.
+    shown = wrong[np.argsort(-confidences[wrong], kind="stable")][:n]
+    columns = 5
+    rows = max(1, -(-len(shown) // columns))
+    figure, axes = _image_grid(rows, columns, cell=1.8, title=0.5)
+    for axis, index in zip(axes.ravel(), shown, strict=False):
+        axis.imshow(images[index], interpolation="nearest")
+        axis.set_title(
+            f"true: {class_names[y_true[index]]}\npred: {class_names[y_pred[index]]} "
+            f"({confidences[index]:.0%})",
+            fontsize=10.5,
+            fontweight="normal",
+        )
+    if len(shown) == 0:
+        axes[0, 0].text(0, 0.5, "no misclassified images", transform=axes[0, 0].transAxes)
+    _grid_title(figure, f"Most confident mistakes ({len(shown)} of {len(wrong):,} errors)")
+    return _save(figure, path, "misclassified.png")
+
+
+@_styled
+def reliability_diagram(reliability_df: pd.DataFrame, ece: float, title=None, path=None):
+    """Accuracy vs confidence per bin (``evaluation.reliability_diagram_data``) against the
+    diagonal of perfect calibration, with the images per bin underneath."""
+    required = {"bin_lower", "bin_upper", "confidence", "accuracy", "count"}
+    if not required <= set(reliability_df.columns):
+        raise ValueError(f"reliability_df must have columns {sorted(required)}")
+    bins = reliability_df
+    widths = bins["bin_upper"] - bins["bin_lower"]
+    figure, (axis, count_axis) = plt.subplots(
+        2, 1, figsize=(7.5, 8), sharex=True, height_ratios=(3, 1), layout="constrained"
+    )
+    filled = bins["count"] > 0
+    axis.bar(
+        bins["bin_lower"][filled],
+        bins["accuracy"][filled],
+        width=widths[filled],
+        align="edge",
+        color=TRAIN_COLOR,
+        edgecolor="white",
+        label="accuracy in bin",
+    )
+    # The gap to the bin's mean confidence: red above the bar = overconfident.
+    axis.bar(
+        bins["bin_lower"][filled],
+        (bins["confidence"] - bins["accuracy"])[filled],
+        bottom=bins["accuracy"][filled],
+        width=widths[filled],
+        align="edge",
+        color="#d62728",
+        alpha=0.3,
+        edgecolor="#d62728",
+        hatch="//",
+        label="gap to mean confidence",
+    )
+    axis.plot([0, 1], [0, 1], color="0.3", linestyle="--", label="perfect calibration")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("Accuracy")
+    axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axis.set_title(title or f"Reliability diagram (ECE = {ece:.1%})")
+    axis.legend(loc="upper left", frameon=False)
+
+    count_axis.bar(
+        bins["bin_lower"],
+        bins["count"],
+        width=widths,
+        align="edge",
+        color="0.55",
+        edgecolor="white",
+    )
+    count_axis.set_yscale("log")
+    count_axis.set_ylabel("Images\n(log scale)")
+    count_axis.set_xlabel("Confidence (top-class probability)")
+    count_axis.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    return _save(figure, path, "reliability_diagram.png")
+
+
+# ---------------------------------------------------------------- comparison
+
+
+@_styled
+def comparison_bars(results: dict, prior_work=config.PRIOR_WORK, title=None, path=None):
+    """Our test accuracies (name -> fraction) as bars, prior write-ups as reference lines."""
+    if not results or not all(np.isscalar(value) for value in results.values()):
+        raise ValueError(
+            "results must be a non-empty dict mapping experiment name -> accuracy fraction"
+        )
+    names = list(results)
+    values = np.array([results[name] for name in names], dtype=float)
+    figure, axis = plt.subplots(figsize=(10, 0.6 * len(names) + 3.2), layout="constrained")
+    bars = axis.barh(names, values, color=sns.color_palette("crest", len(names)), height=0.6)
+    # Values sit in the middle of the bar, clear of the reference lines near the bar ends;
+    # a bar too short to hold its label gets it just outside.
+    for bar, value in zip(bars, values, strict=True):
+        inside = value >= 0.2
+        axis.text(
+            value / 2 if inside else value + 0.01,
+            bar.get_y() + bar.get_height() / 2,
+            f"{value:.1%}",
+            ha="center" if inside else "left",
+            va="center",
+            color="white" if inside else "0.15",
+            fontsize=12,
+            fontweight="bold",
+        )
+    line_styles = ["--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+    palette = sns.color_palette("dark", len(prior_work))
+    for index, (name, value) in enumerate(sorted(prior_work.items(), key=lambda item: item[1])):
+        axis.axvline(
+            value,
+            color=palette[index],
+            linestyle=line_styles[index % len(line_styles)],
+            linewidth=1.8,
+            label=f"{value:.1%}  {name}",
+        )
+    axis.invert_yaxis()  # first experiment on top
+    axis.set_xlim(0, 1)
+    axis.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axis.set_xlabel("CIFAR-10 test accuracy")
+    axis.set_title(title or "Test accuracy: our experiments vs prior work")
+    if prior_work:
+        figure.legend(
+            title="Prior work (reference lines)", loc="outside lower center", ncols=2, frameon=False
+        )
+    return _save(figure, path, "comparison.png")

@@ -1,0 +1,212 @@
+"""From run folders to published results: error figures, summary tables, the README.
+
+A run folder (``runs/<profile>/<experiment>/``, git-ignored) holds the model and its
+test-set probabilities. ``publish_run`` copies the small, reviewable part
+(``metrics.json``, ``history.csv``) to ``results/<profile>/<experiment>/``, and
+``write_summary`` turns every published run into ``summary.json`` and ``results.md``.
+Nothing here re-runs a model: figures and tables come from the stored predictions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from cifar10_transfer import config, evaluation, fileio, plots
+
+EXPERIMENT_LABELS = {
+    "baseline_cnn": "Seed CNN (from scratch)",
+    "two_layer_fc": "Two-layer FC (from scratch)",
+    "three_layer_cnn": "Three-layer CNN (from scratch)",
+    "head": "{backbone} head only (frozen)",
+    "finetune": "{backbone} fine-tuned",
+}
+EXPERIMENT_ORDER = list(EXPERIMENT_LABELS)
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    metrics: dict
+    history: pd.DataFrame
+    y_true: np.ndarray
+    probabilities: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return experiment_label(self.metrics)
+
+
+def experiment_label(metrics: dict) -> str:
+    template = EXPERIMENT_LABELS.get(metrics["experiment"], metrics["experiment"])
+    return template.format(backbone=metrics.get("backbone") or "")
+
+
+def load_model(path: str | os.PathLike):
+    """Load ``model.keras`` (or the one inside a run folder) with ``safe_mode=True``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such model file (expected a .keras file or a run "
+            "folder holding model.keras)"
+        )
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a bad archive
+        raise ValueError(f"{path}: not a loadable Keras model ({error})") from None
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Metrics, history and stored test predictions of one run folder."""
+    run_dir = Path(run_dir)
+    metrics = fileio.read_json(run_dir / "metrics.json")
+    predictions = run_dir / "predictions.npz"
+    if not predictions.exists():
+        raise FileNotFoundError(f"{predictions}: missing; rerun the experiment to create it")
+    with np.load(predictions, allow_pickle=False) as stored:
+        y_true, probabilities = stored["y_true"], stored["probabilities"]
+    return Run(run_dir, metrics, pd.read_csv(run_dir / "history.csv"), y_true, probabilities)
+
+
+def publish_run(run_dir: str | os.PathLike, results_dir: str | os.PathLike) -> Path:
+    """Copy a run's metrics.json and history.csv to ``results_dir/<experiment>/``."""
+    run = Path(run_dir)
+    experiment = fileio.read_json(run / "metrics.json")["experiment"]
+    target = Path(results_dir) / experiment
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "history.csv"):
+        with fileio.atomic_path(target / name) as temporary:
+            shutil.copyfile(run / name, temporary)
+    return target
+
+
+def stage_boundary(history: pd.DataFrame) -> int | None:
+    """Number of head-stage epochs in a fine-tuning history (where the curves' line goes)."""
+    if "stage" not in history or history["stage"].nunique() < 2:
+        return None
+    return int((history["stage"] == "head").sum())
+
+
+def error_figures(
+    images, y_true, probabilities, out_dir, class_names=config.CLASS_NAMES, prefix: str = ""
+) -> list[Path]:
+    """Confusion matrix, per-class accuracy, misclassified examples, reliability diagram."""
+    out_dir = Path(out_dir)
+    y_pred = probabilities.argmax(axis=1)
+    counts = evaluation.confusion_matrix(y_true, y_pred, num_classes=len(class_names))
+    paths = {
+        name: out_dir / f"{prefix}{name}.png"
+        for name in ("confusion_matrix", "per_class_accuracy", "misclassified", "reliability")
+    }
+    plots.confusion_matrix_heatmap(counts, class_names, path=paths["confusion_matrix"])
+    plots.per_class_accuracy_bars(
+        evaluation.per_class_accuracy(y_true, y_pred, class_names), path=paths["per_class_accuracy"]
+    )
+    plots.misclassified_grid(
+        images,
+        y_true,
+        y_pred,
+        probabilities.max(axis=1),
+        class_names=class_names,
+        path=paths["misclassified"],
+    )
+    plots.reliability_diagram(
+        evaluation.reliability_diagram_data(y_true, probabilities),
+        evaluation.expected_calibration_error(y_true, probabilities),
+        path=paths["reliability"],
+    )
+    return list(paths.values())
+
+
+def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per published run under ``results_dir``, in experiment order."""
+    rows = []
+    for path in sorted(Path(results_dir).glob("*/metrics.json")):
+        metrics = fileio.read_json(path)
+        data = metrics.get("data", {})
+        rows.append(
+            {
+                "experiment": metrics["experiment"],
+                "model": experiment_label(metrics),
+                "test_accuracy": metrics["test_accuracy"],
+                "tta_test_accuracy": metrics.get("tta_test_accuracy"),
+                "test_loss": metrics["test_loss"],
+                "ece": metrics.get("ece"),
+                "image_size": metrics.get("image_size"),
+                "train_size": data.get("train_size"),
+                "test_size": data.get("test_size"),
+                "epochs": metrics.get("epochs"),
+                "wall_time_s": metrics.get("wall_time_s"),
+                "device": metrics.get("device"),
+                "backend": metrics.get("backend"),
+                "seed": metrics.get("seed"),
+                "git_commit": metrics.get("git_commit"),
+            }
+        )
+    if not rows:
+        raise FileNotFoundError(f"{results_dir}: no */metrics.json to summarise")
+    table = pd.DataFrame(rows)
+    order = {name: index for index, name in enumerate(EXPERIMENT_ORDER)}
+    return table.sort_values("experiment", key=lambda column: column.map(order)).reset_index(
+        drop=True
+    )
+
+
+def _percent(value) -> str:
+    return "–" if value is None or pd.isna(value) else f"{100 * value:.2f}%"
+
+
+def results_markdown(table: pd.DataFrame, profile: str) -> str:
+    """The README's results table, generated from ``summary_table``."""
+    lines = [
+        "| model | test accuracy | with flip TTA | ECE | input | train images | epochs | "
+        "wall time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table.itertuples():
+        lines.append(
+            f"| {row.model} | {_percent(row.test_accuracy)} | {_percent(row.tta_test_accuracy)} "
+            f"| {row.ece:.3f} | {row.image_size} px | {row.train_size:,} | {row.epochs} "
+            f"| {row.wall_time_s / 60:.1f} min |"
+        )
+    first = table.iloc[0]
+    lines.append("")
+    lines.append(
+        f"Profile `{profile}`; test set: {first.test_size:,} images of the JPEG copy of "
+        f"CIFAR-10; device: {first.device}; backend: {first.backend}; seed {first.seed}; "
+        f"code {first.git_commit}. Generated from `results/{profile}/*/metrics.json`."
+    )
+    return "\n".join(lines)
+
+
+def write_summary(profile: str, results_root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Write ``results/<profile>/summary.json`` and ``results.md``; return the table."""
+    results_dir = Path(results_root or config.RESULTS_DIR) / profile
+    table = summary_table(results_dir)
+    fileio.write_json(
+        results_dir / "summary.json", {"profile": profile, "runs": table.to_dict(orient="records")}
+    )
+    fileio.write_text(results_dir / "results.md", results_markdown(table, profile) + "\n")
+    return table
+
+
+def update_readme(
+    markdown: str, readme: str | os.PathLike | None = None, marker: str = "results"
+) -> None:
+    """Replace the text between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->``."""
+    readme = Path(readme or config.ROOT / "README.md")
+    text = readme.read_text(encoding="utf-8")
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"{readme}: markers {start} ... {end} not found")
+    fileio.write_text(readme, pattern.sub(lambda _: f"{start}\n{markdown}\n{end}", text))

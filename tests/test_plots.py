@@ -1,0 +1,141 @@
+"""Every figure renders from small synthetic arrays to a PNG that Pillow can open."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cifar10_transfer import config, evaluation, plots
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+LABELS = np.arange(40) % 10
+PREDICTED = np.where(np.arange(40) % 4 == 0, (LABELS + 1) % 10, LABELS)  # 10 mistakes
+PROBABILITIES = RNG.dirichlet(np.ones(10), size=40)
+HISTORY = {
+    "loss": [2.0, 1.5, 1.2, 1.0, 0.9, 0.8],
+    "accuracy": [0.3, 0.5, 0.6, 0.7, 0.75, 0.8],
+    "val_loss": [1.8, 1.4, 1.2, 1.1, 1.0, 1.0],
+    "val_accuracy": [0.35, 0.5, 0.6, 0.65, 0.7, 0.72],
+    "learning_rate": [1e-3, 1e-3, 1e-3, 1e-4, 5e-5, 1e-5],
+}
+
+
+def assert_png(path, min_width=600, min_height=250):
+    assert path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    assert width >= min_width and height >= min_height, (width, height)
+    assert width <= 3000 and height <= 3000, (width, height)  # ~150 dpi, not a poster
+
+
+FIGURES = {
+    "class_distribution": lambda path: plots.class_distribution(LABELS, LABELS[:20], path=path),
+    "sample_grid": lambda path: plots.sample_grid(IMAGES, LABELS, n_per_class=3, path=path),
+    "channel_histograms": lambda path: plots.channel_histograms(IMAGES, path=path),
+    "mean_images": lambda path: plots.mean_images(IMAGES, LABELS, path=path),
+    "augmentation_examples": lambda path: plots.augmentation_examples(
+        IMAGES[:3], lambda batch: batch[:, :, ::-1], n_variants=2, path=path
+    ),
+    "training_curves": lambda path: plots.training_curves(HISTORY, stage_boundary=3, path=path),
+    "confusion_matrix": lambda path: plots.confusion_matrix_heatmap(
+        evaluation.confusion_matrix(LABELS, PREDICTED), config.CLASS_NAMES, path=path
+    ),
+    "per_class_accuracy": lambda path: plots.per_class_accuracy_bars(
+        evaluation.per_class_accuracy(LABELS, PREDICTED), path=path
+    ),
+    "misclassified": lambda path: plots.misclassified_grid(
+        IMAGES, LABELS, PREDICTED, PROBABILITIES.max(axis=1), n=7, path=path
+    ),
+    "reliability_diagram": lambda path: plots.reliability_diagram(
+        evaluation.reliability_diagram_data(LABELS, PROBABILITIES),
+        evaluation.expected_calibration_error(LABELS, PROBABILITIES),
+        path=path,
+    ),
+    "comparison": lambda path: plots.comparison_bars(
+        {"baseline CNN": 0.12, "Lite0 head": 0.85, "Lite0 fine-tuned": 0.9}, path=path
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_figure_writes_png_and_returns_closed_figure(name, tmp_path):
+    path = tmp_path / "figures" / f"{name}.png"
+    font_size = plt.rcParams["font.size"]
+    figure = FIGURES[name](path)
+    assert isinstance(figure, plt.Figure)
+    assert_png(path)
+    assert [entry.name for entry in path.parent.iterdir()] == [path.name]  # no temp file left
+    assert plt.get_fignums() == []  # closed in pyplot: loops don't leak figures
+    assert plt.rcParams["font.size"] == font_size  # the style stays local to the figure
+
+
+def test_default_path_is_under_images_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "IMAGES_DIR", tmp_path / "images")
+    plots.class_distribution(LABELS, LABELS)
+    assert_png(tmp_path / "images" / "class_distribution.png")
+
+
+def test_training_curves_with_dataframe_and_learning_rate_argument(tmp_path):
+    history = pd.DataFrame(HISTORY).drop(columns=["learning_rate", "val_loss", "val_accuracy"])
+    figure = plots.training_curves(
+        history, learning_rate=HISTORY["learning_rate"], path=tmp_path / "curves.png"
+    )
+    loss_axis, _, rate_axis = figure.axes
+    assert rate_axis.get_yscale() == "log"
+    np.testing.assert_allclose(rate_axis.lines[0].get_ydata(), HISTORY["learning_rate"])
+    assert len(loss_axis.lines) == 1  # training only: no validation columns given
+
+
+def test_augmentation_examples_calls_keras_layer_in_training_mode(tmp_path):
+    import keras
+
+    class RecordTraining(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.training_flags = []
+
+        def call(self, inputs, training=None):
+            self.training_flags.append(training)
+            return inputs
+
+    layer = RecordTraining()
+    plots.augmentation_examples(IMAGES[:2], layer, n_variants=3, path=tmp_path / "aug.png")
+    assert layer.training_flags == [True, True, True]
+
+
+def test_misclassified_grid_shows_most_confident_mistakes_first(tmp_path):
+    confidences = np.linspace(0.3, 0.9, 40)
+    figure = plots.misclassified_grid(
+        IMAGES, LABELS, PREDICTED, confidences, n=2, path=tmp_path / "wrong.png"
+    )
+    titles = [axis.get_title() for axis in figure.axes if axis.get_title()]
+    # Mistakes are at indices 0, 4, ..., 36; the two most confident are 36 and 32.
+    assert titles == ["true: frog\npred: horse (85%)", "true: bird\npred: cat (79%)"]
+
+
+def test_confusion_matrix_heatmap_annotates_row_percentages(tmp_path):
+    counts = np.diag([100] * 10)
+    counts[0, 0], counts[0, 1] = 90, 10
+    figure = plots.confusion_matrix_heatmap(counts, path=tmp_path / "cm.png")
+    texts = {text.get_text() for text in figure.axes[0].texts}
+    assert {"90", "10", "100"} <= texts
+    assert "0" not in texts  # empty cells stay blank
+
+
+@pytest.mark.parametrize(
+    ("draw", "message"),
+    [
+        (lambda: plots.training_curves({"loss": [1.0]}), "history must have per-epoch columns"),
+        (lambda: plots.training_curves(HISTORY, stage_boundary=6), "stage_boundary must be in"),
+        (lambda: plots.confusion_matrix_heatmap(np.ones((3, 3))), r"cm must have shape \(10, 10\)"),
+        (lambda: plots.sample_grid(IMAGES[0], LABELS), r"images must have shape \(N, height"),
+        (lambda: plots.mean_images(IMAGES, LABELS[:5]), "labels must have one label per image"),
+        (lambda: plots.comparison_bars({}), "results must be a non-empty dict"),
+    ],
+)
+def test_bad_arguments_raise_value_error(draw, message):
+    with pytest.raises(ValueError, match=message):
+        draw()

@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cifar10_transfer import fileio, reports
+
+
+def _fake_run(folder, experiment, accuracy, backbone=None, tta=None):
+    """A run folder as training.run_experiment writes it (metrics, history, predictions)."""
+    folder.mkdir(parents=True)
+    metrics = {
+        "experiment": experiment,
+        "test_accuracy": accuracy,
+        "test_loss": 1.0 - accuracy,
+        "ece": 0.05,
+        "backbone": backbone,
+        "image_size": 128 if backbone else 32,
+        "data": {"train_size": 10_000, "test_size": 10_000},
+        "epochs": 3,
+        "wall_time_s": 90.0,
+        "device": "cpu",
+        "backend": "tensorflow",
+        "seed": 42,
+        "git_commit": "abc1234",
+    }
+    if tta is not None:
+        metrics["tta_test_accuracy"] = tta
+    fileio.write_json(folder / "metrics.json", metrics)
+    stages = ["head", "head", "finetune"]
+    pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "loss": [2.0, 1.5, 1.0],
+            "accuracy": [0.3, 0.5, 0.7],
+            "val_loss": [2.1, 1.6, 1.2],
+            "val_accuracy": [0.3, 0.5, 0.6],
+            "stage": stages,
+        }
+    ).to_csv(folder / "history.csv", index=False)
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(10), size=50).astype("float32")
+    np.savez(folder / "predictions.npz", y_true=np.arange(50) % 10, probabilities=probabilities)
+    return folder
+
+
+def test_summary_table_orders_runs_and_markdown_uses_their_numbers(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results" / "quick"
+    for experiment, accuracy, backbone, tta in [
+        ("finetune", 0.91234, "efficientnet_lite0", 0.92),
+        ("baseline_cnn", 0.6543, None, None),
+    ]:
+        reports.publish_run(
+            _fake_run(runs / experiment, experiment, accuracy, backbone, tta), results
+        )
+    table = reports.write_summary("quick", tmp_path / "results")
+    assert list(table["experiment"]) == ["baseline_cnn", "finetune"]
+    markdown = (results / "results.md").read_text()
+    assert "65.43%" in markdown and "91.23%" in markdown and "92.00%" in markdown
+    assert "efficientnet_lite0 fine-tuned" in markdown
+    summary = json.loads((results / "summary.json").read_text())
+    assert [run["test_accuracy"] for run in summary["runs"]] == [0.6543, 0.91234]
+
+
+def test_summary_of_an_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no \\*/metrics.json"):
+        reports.summary_table(tmp_path)
+
+
+def test_update_readme_replaces_only_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\noutro\n")
+    reports.update_readme("| new |", readme)
+    assert readme.read_text() == (
+        "intro\n<!-- results:start -->\n| new |\n<!-- results:end -->\noutro\n"
+    )
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        reports.update_readme("x", readme)
+
+
+def test_error_figures_come_from_stored_predictions(tmp_path):
+    run = reports.load_run(_fake_run(tmp_path / "run", "finetune", 0.9, "efficientnet_lite0"))
+    assert reports.stage_boundary(run.history) == 2
+    images = np.random.default_rng(1).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    paths = reports.error_figures(images, run.y_true, run.probabilities, tmp_path / "figures")
+    assert len(paths) == 4
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.width > 300 and image.height > 200
+
+
+def test_load_model_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.keras"):
+        reports.load_model(tmp_path)
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="broken.keras"):
+        reports.load_model(broken)
+
+
+def test_experiment_labels_name_the_backbone():
+    assert reports.experiment_label({"experiment": "head", "backbone": "resnet50"}) == (
+        "resnet50 head only (frozen)"
+    )
