@@ -55,7 +55,7 @@ def test_summary_table_orders_runs_and_markdown_uses_their_numbers(tmp_path):
         reports.publish_run(
             _fake_run(runs / experiment, experiment, accuracy, backbone, tta), results
         )
-    table = reports.write_summary("quick", tmp_path / "results")
+    table = reports.write_summary(results, "quick")
     assert list(table["experiment"]) == ["baseline_cnn", "finetune"]
     markdown = (results / "results.md").read_text()
     assert "65.43%" in markdown and "91.23%" in markdown and "92.00%" in markdown

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+
+from cifar10_transfer import config
 
 
 def _add_data_option(parser: argparse.ArgumentParser) -> None:
@@ -52,22 +55,21 @@ EPOCH_SETTING = {"head": "head_epochs", "finetune": "finetune_epochs"}
 def cmd_train(args: argparse.Namespace) -> int:
     from cifar10_transfer import training
 
-    given = {
-        "backbone": args.backbone,
-        "weights": args.weights,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "unfreeze": args.unfreeze,
-        "seed": args.seed,
-    }
-    overrides = {key: value for key, value in given.items() if value is not None}
-    if overrides.get("weights") == "none":
-        overrides["weights"] = None  # random initialisation
+    profile = config.resolve_profile(
+        args.profile,
+        backbone=args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        unfreeze=args.unfreeze,
+        seed=args.seed,
+    )
+    overrides = {}
     if args.epochs is not None:
         overrides[EPOCH_SETTING.get(args.experiment, "baseline_epochs")] = args.epochs
     metrics = training.run_experiment(
         args.experiment,
-        profile=args.profile,
+        profile=profile,
         data_source=args.data,
         out_dir=args.out,
         resume=args.resume,
@@ -124,6 +126,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from cifar10_transfer import export
+
+    out_dir = export.export_run(args.run_dir, args.out, data_source=args.data, force=args.force)
+    examples = "with" if args.data else "without (no --data)"
+    print(f"wrote {out_dir}/ {examples} example images; run it with: python {out_dir}/app.py")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import runpy
+
+    from cifar10_transfer import export
+
+    # The demo always serves a fresh export, replacing an earlier one in --out.
+    out_dir = export.export_run(args.run_dir, args.out, data_source=args.data, force=True)
+    runpy.run_path(str(out_dir / "app.py"), run_name="__main__")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from cifar10_transfer import reproduce
+
+    try:
+        reproduce.reproduce(
+            args.profile,
+            backbone=args.backbone,
+            data=args.data,
+            seed=args.seed,
+            devices=args.devices,
+        )
+    except reproduce.NotebookError as error:  # the failing cell's error, not a wall of JSON
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifar10-transfer",
@@ -136,8 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(handler=cmd_data_info)
 
-    from cifar10_transfer.config import PROFILES
-
     train = commands.add_parser("train", help="train one experiment and write its run folder")
     train.add_argument(
         "experiment",
@@ -146,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--profile",
         default="quick",
-        choices=sorted(PROFILES),
+        choices=sorted(config.PROFILES),
         help="hyper-parameter set (default: quick, the CPU profile)",
     )
     _add_data_option(train)
@@ -176,10 +213,42 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action="store_true", help="average with horizontal flips")
     evaluate.add_argument("--test-size", type=int, help="stratified test subset (default: all)")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    rerun = commands.add_parser(
+        "reproduce", help="run notebooks 01-05 with papermill and publish the results table"
+    )
+    rerun.add_argument("--profile", default="quick", choices=sorted(config.PROFILES))
+    _add_data_option(rerun)
+    rerun.add_argument("--backbone", help="override the profile's backbone")
+    rerun.add_argument("--seed", type=int)
+    rerun.add_argument("--devices", default=None, help="'all' or N devices (default: 1)")
+    rerun.set_defaults(handler=cmd_reproduce)
+
+    export_help = "package a run folder as a Gradio demo for Hugging Face Spaces"
+    export = commands.add_parser("export", help=export_help)
+    export.add_argument("run_dir", help="run folder with model.keras and metrics.json")
+    export.add_argument("--out", metavar="DIR", default="deploy", help="default: deploy/")
+    export.add_argument(
+        "--data",
+        metavar="SRC",
+        help="CIFAR-10 source for one example test image per class (default: no examples)",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace --out if it holds an earlier export"
+    )
+    export.set_defaults(handler=cmd_export)
+
+    demo = commands.add_parser("demo", help="export a run to --out and serve it locally")
+    demo.add_argument("run_dir", help="run folder with model.keras and metrics.json")
+    demo.add_argument("--out", metavar="DIR", default="deploy", help="default: deploy/")
+    demo.add_argument("--data", metavar="SRC", help="CIFAR-10 source for example images")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter would bury the one-line errors; real errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -187,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, OSError) as error:
         # DataError and WeightsError subclass ValueError: expected, user-facing failures.
         print(f"error: {error}", file=sys.stderr)
         return 2

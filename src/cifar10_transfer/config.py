@@ -27,23 +27,25 @@ NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (32, 32, 3)
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 def _find_root() -> Path:
-    """The project root: $CIFAR10_TRANSFER_ROOT, else the checkout holding this package."""
+    """Where outputs go: $CIFAR10_TRANSFER_ROOT, else the checkout holding this package."""
     if "CIFAR10_TRANSFER_ROOT" in os.environ:
         return Path(os.environ["CIFAR10_TRANSFER_ROOT"]).resolve()
-    checkout = Path(__file__).resolve().parents[2]
     # An editable install lives in the checkout; a plain pip install (e.g. Colab) does not,
     # and then the working directory is the best guess.
-    return checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
+    return CHECKOUT if (CHECKOUT / "pyproject.toml").exists() else Path.cwd()
 
 
 ROOT = _find_root()
 RESULTS_DIR = ROOT / "results"
 IMAGES_DIR = ROOT / "images"
-NOTEBOOKS_DIR = ROOT / "notebooks"
+NOTEBOOKS_DIR = CHECKOUT / "notebooks"  # shipped with the code, wherever outputs go
 RUNS_DIR = ROOT / "runs"  # model checkpoints and run folders (git-ignored)
 PRESENTATION_DIR = ROOT / "presentation"
-SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+SHARED_DATA = CHECKOUT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def cache_dir() -> Path:
@@ -216,8 +218,31 @@ def get_profile(name: str = "quick", **overrides) -> Profile:
     """Return profile ``name`` with ``overrides`` applied (``weights=None``: random init)."""
     if name not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
+    return override(PROFILES[name], **overrides)
+
+
+def override(profile: Profile, **overrides) -> Profile:
+    """``profile`` with some settings replaced; unknown setting names are a ValueError."""
     fields = {field.name for field in dataclasses.fields(Profile)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown profile setting(s) {unknown}; known: {sorted(fields)}")
-    return dataclasses.replace(PROFILES[name], **overrides)
+    return dataclasses.replace(profile, **overrides)
+
+
+def resolve_profile(name: str = "quick", **options) -> Profile:
+    """``get_profile`` for the CLI and notebooks: options left unset (None) keep the profile's
+    value; ``weights="none"`` means random initialisation."""
+    overrides = {key: value for key, value in options.items() if value is not None}
+    if overrides.get("weights") == "none":
+        overrides["weights"] = None
+    return get_profile(name, **overrides)
+
+
+def output_dirs(profile: str, results_dir=None, figures_dir=None) -> tuple[Path, Path]:
+    """A notebook's output folders: JSON in results/<profile>, figures in images/<profile>."""
+    results = Path(results_dir) if results_dir else RESULTS_DIR / profile
+    figures = Path(figures_dir) if figures_dir else IMAGES_DIR / profile
+    results.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    return results, figures

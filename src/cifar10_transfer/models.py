@@ -99,8 +99,12 @@ def _classifier(x, name: str = "predictions"):
     return layers.Dense(config.NUM_CLASSES, activation="softmax", dtype="float32", name=name)(x)
 
 
-def baseline_cnn(dropout_rate: float = 0.5, augment: bool = False, seed: int | None = None):
-    """The seed project's CNN: Conv 32/64/128 each + max-pool, Dense 128, dropout, softmax."""
+def baseline_cnn(dropout_rate: float = 0.25, augment: bool = False, seed: int | None = None):
+    """The seed project's CNN: Conv 32/64/128 each + max-pool, Dense 128, dropout, softmax.
+
+    The seed did not state its dropout rate; 0.25 measured 47-50% after 2 epochs on 10k
+    real images where 0.5 reached 42-44% (batch 32-64, Adam 1e-3).
+    """
     images = _image_input()
     x = _from_uint8(images, augment, seed)
     x = layers.Rescaling(1 / 255, name="scale")(x)

@@ -188,9 +188,9 @@ def results_markdown(table: pd.DataFrame, profile: str) -> str:
     return "\n".join(lines)
 
 
-def write_summary(profile: str, results_root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Write ``results/<profile>/summary.json`` and ``results.md``; return the table."""
-    results_dir = Path(results_root or config.RESULTS_DIR) / profile
+def write_summary(results_dir: str | os.PathLike, profile: str) -> pd.DataFrame:
+    """Write ``summary.json`` and ``results.md`` into ``results_dir``; return the table."""
+    results_dir = Path(results_dir)
     table = summary_table(results_dir)
     fileio.write_json(
         results_dir / "summary.json", {"profile": profile, "runs": table.to_dict(orient="records")}

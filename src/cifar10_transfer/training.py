@@ -62,7 +62,7 @@ def _git_commit() -> str | None:
     try:
         result = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=config.ROOT,
+            cwd=config.CHECKOUT,
             capture_output=True,
             text=True,
             timeout=5,
@@ -369,8 +369,8 @@ def run_experiment(
         raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {experiment!r}")
     if isinstance(profile, str):
         profile = config.get_profile(profile, **overrides)
-    elif overrides:
-        profile = config.get_profile(profile.name, **{**profile.to_dict(), **overrides})
+    else:
+        profile = config.override(profile, **overrides)
     out_dir = Path(out_dir) if out_dir else run_dir(profile.name, experiment)
     started = time.perf_counter()
     set_seed(profile.seed)

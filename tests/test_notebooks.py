@@ -1,0 +1,115 @@
+"""The five notebooks: structure, and a full headless run in the smoke profile on real data."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from cifar10_transfer import config, reproduce
+
+NOTEBOOKS = [config.NOTEBOOKS_DIR / name for name in reproduce.NOTEBOOKS]
+REQUIRED_PARAMETERS = {"profile", "backbone", "data", "seed", "out_dir", "devices"}
+
+
+def _code_cells(path):
+    return [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+
+
+def _python(source: str) -> str:
+    # IPython magics (%pip) are not Python; they only install the package in Colab.
+    lines = source.splitlines()
+    return "\n".join(
+        line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith("%") else line
+        for line in lines
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_starts_with_a_tagged_parameters_cell(path):
+    first = _code_cells(path)[0]
+    assert "parameters" in first.metadata.get("tags", [])
+    assigned = {
+        target.id
+        for node in ast.parse(first.source).body
+        for target in getattr(node, "targets", [])
+    }
+    assert assigned >= REQUIRED_PARAMETERS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_defines_no_functions_or_classes(path):
+    for cell in _code_cells(path):
+        for node in ast.walk(ast.parse(_python(cell.source))):
+            assert not isinstance(
+                node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+            ), f"{path.name}: code belongs in src/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_installs_the_project_in_colab(path):
+    assert "google.colab" in _code_cells(path)[1].source
+
+
+def test_a_failing_cell_is_reported_by_notebook_cell_and_error(tmp_path):
+    failing = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("raise ValueError('boom')"),
+        ]
+    )
+    failing.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path = tmp_path / "99_failing.ipynb"
+    nbformat.write(failing, path)
+    with pytest.raises(
+        reproduce.NotebookError,
+        match=r"99_failing.ipynb failed in cell 2: "
+        r"ValueError: boom",
+    ):
+        reproduce.run_notebooks({"x": 2}, tmp_path / "out", notebooks=[path])
+
+
+@pytest.mark.realdata
+def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tmp_path):
+    environment = {**os.environ, "CIFAR10_TRANSFER_ROOT": str(tmp_path), "CIFAR10_VERBOSE": "0"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cifar10_transfer",
+            "reproduce",
+            "--profile",
+            "smoke",
+            "--data",
+            str(real_data_path),
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "results" / "smoke"
+    for name in reproduce.NOTEBOOKS:
+        assert (results / "notebooks" / name).exists()
+    summary = json.loads((results / "summary.json").read_text())
+    experiments = [run["experiment"] for run in summary["runs"]]
+    assert experiments == ["baseline_cnn", "two_layer_fc", "three_layer_cnn", "head", "finetune"]
+    assert all(0.0 <= run["test_accuracy"] <= 1.0 for run in summary["runs"])
+    assert json.loads((results / "eda.json").read_text())["train"]["cat"] == 5000
+    assert "most_confused_pairs" in json.loads((results / "error_analysis.json").read_text())
+    figures = sorted(path.name for path in (tmp_path / "images" / "smoke").glob("*.png"))
+    assert {
+        "sample_grid.png",
+        "comparison.png",
+        "finetune_curves.png",
+        "best_reliability.png",
+    } <= set(figures)
+    assert "| Seed CNN (from scratch) |" in result.stdout
