@@ -197,3 +197,7 @@ def test_predict_with_tta_averages_image_and_mirror():
     np.testing.assert_allclose(
         evaluation.predict_with_tta(model, images, flip=False), plain, rtol=1e-6
     )
+    # Reusing plain predictions the caller already has gives the same average.
+    np.testing.assert_allclose(
+        evaluation.predict_with_tta(model, images, probabilities=plain), averaged, rtol=1e-6
+    )

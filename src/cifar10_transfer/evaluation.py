@@ -189,13 +189,20 @@ def expected_calibration_error(y_true, probabilities, n_bins: int = 15) -> float
     return float((gap * filled["count"]).sum() / filled["count"].sum())
 
 
-def predict_with_tta(model, images, batch_size: int = 256, flip: bool = True) -> np.ndarray:
+def predict_with_tta(
+    model, images, batch_size: int = 256, flip: bool = True, probabilities=None
+) -> np.ndarray:
     """Softmax probabilities of ``model`` on uint8 NHWC ``images``; with ``flip`` the mean of
-    the images' and their horizontal mirrors' probabilities (CIFAR classes are mirror-symmetric)."""
+    the images' and their horizontal mirrors' probabilities (CIFAR classes are mirror-symmetric).
+
+    ``probabilities``: the plain predictions, when the caller already has them (saves a pass).
+    """
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, height, width, channels), got {images.shape}")
-    probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
+    if probabilities is None:
+        probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    probabilities = np.asarray(probabilities)
     if flip:
         mirrored = np.ascontiguousarray(images[:, :, ::-1])
         probabilities = (

@@ -423,7 +423,9 @@ def run_experiment(
             history["stage"] = "finetune"
             history = pd.concat([head_history, history], ignore_index=True)
             probabilities = model.predict(splits.x_test, batch_size=profile.batch_size, verbose=0)
-            tta = evaluation.predict_with_tta(model, splits.x_test, batch_size=profile.batch_size)
+            tta = evaluation.predict_with_tta(
+                model, splits.x_test, batch_size=profile.batch_size, probabilities=probabilities
+            )
             extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
 
     report = evaluation.evaluate_predictions(splits.y_test, probabilities, splits.class_names)
