@@ -30,6 +30,10 @@ reproduce: $(STAMP)
 	$(PY) -m cifar10_transfer reproduce --profile $(PROFILE) \
 		$(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(DATA),--data $(DATA))
 
+# make presentation [PROFILE=quick]: the PDF deck from results/<profile>/ and images/<profile>/.
+presentation: $(STAMP)
+	$(PY) -m cifar10_transfer.slides --profile $(PROFILE)
+
 RUN ?= runs/$(PROFILE)/finetune
 # make demo [RUN=...] [DATA=...]: export RUN to deploy/ and serve it on http://127.0.0.1:7860
 demo: $(STAMP)

@@ -62,6 +62,8 @@ def test_summary_table_orders_runs_and_markdown_uses_their_numbers(tmp_path):
     assert "efficientnet_lite0 fine-tuned" in markdown
     summary = json.loads((results / "summary.json").read_text())
     assert [run["test_accuracy"] for run in summary["runs"]] == [0.6543, 0.91234]
+    assert summary["runs"][0]["tta_test_accuracy"] is None  # null, not NaN
+    assert "NaN" not in (results / "summary.json").read_text()
 
 
 def test_summary_of_an_empty_folder_is_a_clear_error(tmp_path):

@@ -192,9 +192,9 @@ def write_summary(results_dir: str | os.PathLike, profile: str) -> pd.DataFrame:
     """Write ``summary.json`` and ``results.md`` into ``results_dir``; return the table."""
     results_dir = Path(results_dir)
     table = summary_table(results_dir)
-    fileio.write_json(
-        results_dir / "summary.json", {"profile": profile, "runs": table.to_dict(orient="records")}
-    )
+    # Missing values (no TTA for baselines) as null: NaN is not valid JSON.
+    runs = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    fileio.write_json(results_dir / "summary.json", {"profile": profile, "runs": runs})
     fileio.write_text(results_dir / "results.md", results_markdown(table, profile) + "\n")
     return table
 

@@ -1,0 +1,693 @@
+"""The slide deck: ``results/<profile>/`` and ``images/<profile>/`` -> one 16:9 PDF.
+
+``make presentation`` runs ``python -m cifar10_transfer.slides --profile quick``. Each slide
+is a matplotlib Figure written with PdfPages. Every number on a slide is read from the
+results files (prior work from ``config.PRIOR_WORK``, labelled as literature) and every
+footer names the run it came from. The charts are redrawn at slide size from the same
+files, so their text stays readable; image figures are embedded as PNGs. No Keras import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
+from matplotlib.textpath import TextToPath
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from cifar10_transfer import config, fileio
+
+WIDTH, HEIGHT = 13.333, 7.5  # in, 16:9
+MARGIN = 0.6  # in, left and right
+CONTENT_TOP = HEIGHT - 1.35  # in, below the title and its rule
+TITLE_SIZE, BODY_SIZE, MIN_SIZE = 32, 21, 18  # pt; MIN_SIZE is the floor for any text
+DARK, ACCENT, OURS, PRIOR, MUTED = "#1f3b57", "#c0504d", "#2e6f9e", "#b5b5b5", "#666666"
+TRAIN_COLOR, VALIDATION_COLOR = "#1f77b4", "#ff7f0e"
+MEASURE = TextToPath()  # text widths for wrapping, without a renderer
+SCHEDULES = {
+    "plateau": "ReduceLROnPlateau",
+    "cosine": "cosine decay",
+    "constant": "a constant learning rate",
+}
+
+
+@dataclass(frozen=True)
+class Deck:
+    """Everything the slides show, read from one profile's results and figures."""
+
+    profile: str
+    runs: pd.DataFrame  # summary.json rows, one per experiment
+    eda: dict
+    errors: dict  # error_analysis.json
+    metrics: dict  # experiment -> its metrics.json
+    curves_experiment: str  # whose history.csv the curves slide draws
+    history: pd.DataFrame
+    figures_dir: Path
+    has_full_results: bool  # results/full/summary.json exists: a GPU run was made
+
+    @property
+    def best(self) -> pd.Series:
+        return self.runs.loc[self.runs["test_accuracy"].idxmax()]
+
+    def run(self, experiment: str) -> pd.Series | None:
+        rows = self.runs[self.runs["experiment"] == experiment]
+        return rows.iloc[0] if len(rows) else None
+
+    @property
+    def settings(self) -> dict:
+        """The profile the transfer model was trained with, as its metrics.json records it."""
+        return self.metrics[self.curves_experiment]["profile"]
+
+    @property
+    def image_size(self) -> str:
+        height, width, _ = self.eda["image_shape"]
+        return f"{height}×{width}"
+
+    @property
+    def provenance(self) -> str:
+        def values(column: str) -> str:
+            found = sorted({str(value) for value in self.runs[column] if not pd.isna(value)})
+            return ", ".join(found) or "not recorded"
+
+        return (
+            f"profile {self.profile} · {values('device')} · {values('backend')} · "
+            f"seed {values('seed')} · code {values('git_commit')}"
+        )
+
+
+def _require(path: Path, profile: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: not found; create it with `make reproduce PROFILE={profile}`"
+        )
+    return path
+
+
+def load_deck(profile: str = "quick", results_dir=None, figures_dir=None) -> Deck:
+    """Read what the slides need; a missing input is a FileNotFoundError naming the file."""
+    if profile not in config.PROFILES:
+        raise ValueError(f"profile must be one of {sorted(config.PROFILES)}, got {profile!r}")
+    results_dir = Path(results_dir) if results_dir else config.RESULTS_DIR / profile
+    figures_dir = Path(figures_dir) if figures_dir else config.IMAGES_DIR / profile
+    summary = fileio.read_json(_require(results_dir / "summary.json", profile))
+    if summary.get("profile") != profile or not summary.get("runs"):
+        raise ValueError(
+            f"{results_dir / 'summary.json'}: expected runs of profile {profile!r}, "
+            f"got profile {summary.get('profile')!r} with {len(summary.get('runs') or [])} runs"
+        )
+    eda = fileio.read_json(_require(results_dir / "eda.json", profile))
+    errors = fileio.read_json(_require(results_dir / "error_analysis.json", profile))
+    metrics = {}
+    for path in sorted(results_dir.glob("*/metrics.json")):
+        run_metrics = fileio.read_json(path)
+        metrics[run_metrics["experiment"]] = run_metrics
+    # The head -> fine-tune story lives in the fine-tuning history (it holds both stages).
+    curves_experiment = "finetune" if "finetune" in metrics else errors["best_experiment"]
+    _require(results_dir / curves_experiment / "metrics.json", profile)
+    history = pd.read_csv(_require(results_dir / curves_experiment / "history.csv", profile))
+    return Deck(
+        profile=profile,
+        runs=pd.DataFrame(summary["runs"]),
+        eda=eda,
+        errors=errors,
+        metrics=metrics,
+        curves_experiment=curves_experiment,
+        history=history,
+        figures_dir=figures_dir,
+        has_full_results=(results_dir.parent / "full" / "summary.json").exists(),
+    )
+
+
+# ---------------------------------------------------------------- drawing helpers
+# Positions are in inches from the bottom-left corner (figure.dpi_scale_trans).
+
+
+def _percent(value) -> str:
+    return "–" if value is None or pd.isna(value) else f"{100 * value:.1f}%"
+
+
+def _text(figure: Figure, x: float, y: float, text: str, size: float = BODY_SIZE, **kwargs):
+    return figure.text(x, y, text, fontsize=size, transform=figure.dpi_scale_trans, **kwargs)
+
+
+def _wrap(text: str, width: float, size: float, weight: str = "normal") -> list[str]:
+    """Greedy word wrap to ``width`` inches, measuring the rendered text (never at hyphens)."""
+    font = FontProperties(size=size, weight=weight)
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        points = MEASURE.get_text_width_height_descent(candidate, font, ismath=False)[0]
+        if lines and points <= width * 72:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _unfreeze(strategy: str) -> str:
+    kind, _, name = strategy.partition(":")
+    descriptions = {
+        "top": f"unfreeze the top {name} layers",
+        "stage": f"unfreeze from {name} on",
+        "all": "unfreeze every layer",
+        "gradual": "gradual unfreezing",
+    }
+    return descriptions.get(kind, f"unfreeze {strategy}")
+
+
+def _lines(
+    figure: Figure, text: str, left: float, top: float, width: float, size: float, **kwargs
+) -> float:
+    """``text`` wrapped to ``width``, one Text per line; returns the y below the last line."""
+    line_height = 1.3 * size / 72
+    lines = _wrap(text, width, size, kwargs.get("weight", "normal"))
+    for number, line in enumerate(lines):
+        _text(figure, left, top - number * line_height, line, size, va="top", **kwargs)
+    return top - len(lines) * line_height
+
+
+def _bullets(
+    figure: Figure, items, left: float, top: float, width: float, size: float = BODY_SIZE
+) -> float:
+    """Wrapped bullet paragraphs from ``top`` down; returns the y below the last one."""
+    indent = 0.45 * size / 20
+    y = top
+    for item in items:
+        _text(figure, left, y, "•", size, va="top", color=ACCENT, weight="bold")
+        y = _lines(figure, item, left + indent, y, width - indent, size) - 0.5 * size / 72
+    return y
+
+
+def _image(figure: Figure, path: Path, left: float, bottom: float, width: float, height: float):
+    """Embed a PNG, as large as fits the box; False (and nothing drawn) when it is missing."""
+    if not path.exists():
+        return False
+    axis = figure.add_axes([left / WIDTH, bottom / HEIGHT, width / WIDTH, height / HEIGHT])
+    axis.imshow(matplotlib.image.imread(path), interpolation="none")
+    axis.set_axis_off()
+    return True
+
+
+def _chart_axis(figure: Figure, left: float, bottom: float, width: float, height: float):
+    axis = figure.add_axes([left / WIDTH, bottom / HEIGHT, width / WIDTH, height / HEIGHT])
+    axis.tick_params(labelsize=MIN_SIZE)
+    axis.spines[["top", "right"]].set_visible(False)
+    return axis
+
+
+# ---------------------------------------------------------------- slides
+
+
+def title_slide(figure: Figure, deck: Deck) -> None:
+    best, baseline = deck.best, deck.run("baseline_cnn")
+    _text(
+        figure,
+        MARGIN,
+        4.6,
+        f"{_percent(best.test_accuracy)} test accuracy",
+        60,
+        color=OURS,
+        weight="bold",
+    )
+    against = (
+        f"against {_percent(baseline.test_accuracy)} for the seed CNN trained from scratch"
+        if baseline is not None
+        else "(no seed-CNN run in this profile to compare with)"
+    )
+    y = _lines(figure, f"{best.model}, {against}.", MARGIN, 4.2, WIDTH - 2 * MARGIN, 26)
+    _lines(
+        figure,
+        f"Both on {best.train_size:,} training and {best.test_size:,} test images of CIFAR-10; "
+        "Keras 3; every number from a results file.",
+        MARGIN,
+        y - 0.3,
+        WIDTH - 2 * MARGIN,
+        22,
+        color=MUTED,
+    )
+
+
+def problem_slide(figure: Figure, deck: Deck) -> None:
+    classes = list(deck.eda["train"])
+    ranked = sorted(config.PRIOR_WORK.items(), key=lambda item: item[1])
+    (low_name, low), (high_name, high) = ranked[0], ranked[-1]
+    _bullets(
+        figure,
+        [
+            f"Label a {deck.image_size} colour photo with one of {len(classes)} classes: "
+            f"{', '.join(classes)}.",
+            f"Earlier write-ups (literature figures, not our runs) range from {_percent(low)} "
+            f"for the {low_name} to {_percent(high)} for {high_name}.",
+            "Question: how much does an ImageNet-pretrained backbone add over a CNN trained "
+            "from scratch on the same images, and at what compute cost?",
+            "Deliverable: one command from raw data to every table, figure, the demo model "
+            "and this deck.",
+        ],
+        MARGIN,
+        CONTENT_TOP,
+        WIDTH - 2 * MARGIN,
+    )
+
+
+def data_slide(figure: Figure, deck: Deck) -> None:
+    train, test = deck.eda["train"], deck.eda["test"]
+    height, width, channels = deck.eda["image_shape"]
+    split = deck.metrics[deck.curves_experiment]["data"]
+
+    def per_class(counts: dict) -> str:
+        low, high = min(counts.values()), max(counts.values())
+        return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+    shown = _image(figure, deck.figures_dir / "sample_grid.png", 7.9, 0.75, 4.9, 5.5)
+    _bullets(
+        figure,
+        [
+            f"{sum(train.values()):,} training and {sum(test.values()):,} test images, "
+            f"{len(train)} classes, {height}×{width} px, {channels} channels, "
+            f"{deck.eda['dtype']}.",
+            f"Per class: {per_class(train)} training and {per_class(test)} test images.",
+            f"Source: {Path(deck.eda['source']).name}, checksum "
+            f"{'verified' if deck.eda['verified'] else 'not verified'}.",
+            f"This profile: {split['train_size']:,} training, {split['val_size']:,} "
+            f"validation (held out of training) and {split['test_size']:,} test images, "
+            "stratified by class.",
+            "The test images are used only for the final numbers.",
+        ],
+        MARGIN,
+        CONTENT_TOP,
+        6.9 if shown else WIDTH - 2 * MARGIN,
+    )
+
+
+def method_slide(figure: Figure, deck: Deck) -> None:
+    settings = deck.settings
+    schedule = SCHEDULES.get(settings["lr_schedule"], settings["lr_schedule"])
+    stages = [
+        (
+            "1 · Baselines",
+            [
+                "seed CNN, two-layer FC and three-layer CNN from scratch",
+                f"{_plural(settings['baseline_epochs'], 'epoch')}, "
+                f"Adam {settings['baseline_learning_rate']:g}",
+            ],
+        ),
+        (
+            "2 · Head",
+            [
+                f"ImageNet {settings['backbone']}, frozen",
+                "its features computed once and cached",
+                f"new head: dense {settings['head_units']}, dropout {settings['dropout_rate']:g}",
+                f"{_plural(settings['head_epochs'], 'epoch')}, "
+                f"Adam {settings['head_learning_rate']:g}",
+            ],
+        ),
+        (
+            "3 · Fine-tuning",
+            [
+                _unfreeze(settings["unfreeze"]),
+                "augmentation: flip, shift, zoom, rotation, colour"
+                if settings["augment"]
+                else "no augmentation",
+                f"Adam {settings['finetune_learning_rate']:g} with {schedule}",
+                f"early stopping, patience {settings['early_stopping_patience']}",
+            ],
+        ),
+    ]
+    box_width, gap, top, bottom = 3.65, 0.6, CONTENT_TOP, 1.95
+    for index, (title, lines) in enumerate(stages):
+        left = MARGIN + index * (box_width + gap)
+        figure.add_artist(
+            FancyBboxPatch(
+                (left, bottom),
+                box_width,
+                top - bottom,
+                boxstyle="round,pad=0,rounding_size=0.15",
+                transform=figure.dpi_scale_trans,
+                facecolor="#eef3f8",
+                edgecolor=OURS,
+                linewidth=2,
+            )
+        )
+        _text(figure, left + 0.2, top - 0.2, title, 24, va="top", weight="bold", color=DARK)
+        _bullets(figure, lines, left + 0.2, top - 0.85, box_width - 0.35, MIN_SIZE)
+        if index:
+            figure.add_artist(
+                FancyArrowPatch(
+                    (left - gap + 0.08, (top + bottom) / 2),
+                    (left - 0.08, (top + bottom) / 2),
+                    transform=figure.dpi_scale_trans,
+                    arrowstyle="-|>",
+                    mutation_scale=30,
+                    color=ACCENT,
+                    linewidth=3,
+                )
+            )
+    _bullets(
+        figure,
+        [
+            f"Inside the model: uint8 {deck.image_size} → resize to {settings['image_size']} px → "
+            "preprocessing → backbone → pooling → head; it takes raw images, and the data "
+            "set is never upscaled in memory."
+        ],
+        MARGIN,
+        1.6,
+        WIDTH - 2 * MARGIN,
+        20,
+    )
+
+
+def results_slide(figure: Figure, deck: Deck) -> None:
+    # Right edges (in) of the number columns; the model name starts at MARGIN.
+    columns = [
+        ("test\naccuracy", 6.95),
+        ("flip\nTTA", 7.95),
+        ("ECE", 8.85),
+        ("input", 9.9),
+        ("train\nimages", 11.1),
+        ("wall\ntime", WIDTH - MARGIN),
+    ]
+    best = deck.best.experiment
+    rows = [
+        (
+            row.model,
+            [
+                _percent(row.test_accuracy),
+                _percent(row.tta_test_accuracy),
+                "–" if pd.isna(row.ece) else f"{row.ece:.3f}",
+                f"{row.image_size} px",
+                f"{row.train_size:,}",
+                f"{row.wall_time_s / 60:.1f} min",
+            ],
+            row.experiment == best,
+        )
+        for row in deck.runs.itertuples()
+    ]
+    prior = [
+        (name, [_percent(value)] + ["–"] * 5, False) for name, value in config.PRIOR_WORK.items()
+    ]
+    sections = [
+        (f"Our runs (profile {deck.profile})", rows, OURS),
+        ("Prior work: literature figures, not our runs", prior, MUTED),
+    ]
+    row_height = min(0.42, (CONTENT_TOP - 1.6) / (len(rows) + len(prior) + 2))
+    for header, right in columns:
+        _text(figure, right, CONTENT_TOP, header, MIN_SIZE, ha="right", va="top", weight="bold")
+    y = CONTENT_TOP - 0.75
+    for title, section_rows, color in sections:
+        _text(figure, MARGIN, y, title, MIN_SIZE, va="top", weight="bold", color=color)
+        y -= row_height
+        for name, values, highlight in section_rows:
+            style = {"weight": "bold" if highlight else "normal", "va": "top"}
+            _text(figure, MARGIN + 0.25, y, name, MIN_SIZE, **style)
+            for value, (_, right) in zip(values, columns, strict=True):
+                _text(figure, right, y, value, MIN_SIZE, ha="right", **style)
+            y -= row_height
+
+
+def comparison_slide(figure: Figure, deck: Deck) -> None:
+    names = list(deck.runs["model"]) + list(config.PRIOR_WORK)
+    values = list(deck.runs["test_accuracy"]) + list(config.PRIOR_WORK.values())
+    colors = [OURS] * len(deck.runs) + [PRIOR] * len(config.PRIOR_WORK)
+    axis = _chart_axis(figure, 5.7, 1.5, 6.6, CONTENT_TOP - 1.6)
+    bars = axis.barh(range(len(names)), values, color=colors, height=0.7)
+    for bar, value in zip(bars, values, strict=True):
+        axis.text(
+            value + 0.01,
+            bar.get_y() + bar.get_height() / 2,
+            _percent(value),
+            va="center",
+            fontsize=MIN_SIZE,
+        )
+    axis.set_yticks(range(len(names)), names)
+    axis.invert_yaxis()  # our runs first, on top
+    axis.set_xlim(0, 1.12)  # room for the value labels right of the bars
+    axis.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    axis.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axis.legend(
+        handles=[
+            Patch(color=OURS, label=f"our runs (profile {deck.profile})"),
+            Patch(color=PRIOR, label="prior work (literature figures)"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5 - 2.9 / 6.6, -0.09),
+        ncols=2,
+        frameon=False,
+        fontsize=MIN_SIZE,
+    )
+
+
+def curves_slide(figure: Figure, deck: Deck) -> None:
+    history = deck.history
+    epochs = history["epoch"]
+    head_epochs = int((history["stage"] == "head").sum()) if "stage" in history else 0
+    tuning = history[history["stage"] != "head"] if head_epochs else history
+    label = deck.run(deck.curves_experiment).model
+    if 0 < head_epochs < len(history):
+        story = (
+            f"{label}: {_plural(head_epochs, 'head epoch')} on cached features, then "
+            f"{_plural(len(tuning), 'fine-tuning epoch')}, learning rate "
+            f"{tuning['learning_rate'].iloc[0]:.0e} → {tuning['learning_rate'].iloc[-1]:.0e}."
+        )
+    else:
+        story = f"{label}: {_plural(len(history), 'epoch')}."
+    _lines(figure, story, MARGIN, CONTENT_TOP, WIDTH - 2 * MARGIN, 20)
+    panels = [("accuracy", "accuracy per epoch"), ("loss", "loss per epoch")]
+    for index, (column, title) in enumerate(panels):
+        axis = _chart_axis(figure, 1.75 + index * 6.0, 1.8, 4.75, CONTENT_TOP - 3.15)
+        axis.plot(epochs, history[column], "o-", color=TRAIN_COLOR, label="training")
+        axis.plot(
+            epochs, history[f"val_{column}"], "o-", color=VALIDATION_COLOR, label="validation"
+        )
+        if 0 < head_epochs < len(history):
+            axis.axvspan(epochs.iloc[0] - 0.5, head_epochs + 0.5, color="0.9", label="head only")
+            axis.axvline(head_epochs + 0.5, color="0.3", linestyle="--", label="fine-tuning starts")
+        axis.set_title(title, fontsize=20, weight="bold")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.yaxis.set_major_locator(MaxNLocator(5))
+        if column == "accuracy":
+            axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    handles, labels = axis.get_legend_handles_labels()
+    figure.legend(
+        handles,
+        labels,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.085),
+        ncols=4,
+        frameon=False,
+        fontsize=MIN_SIZE,
+    )
+
+
+def errors_slide(figure: Figure, deck: Deck) -> None:
+    best = deck.run(deck.errors["best_experiment"])
+    shown = _image(figure, deck.figures_dir / "best_confusion_matrix.png", MARGIN, 0.75, 5.8, 5.4)
+    left = 6.7 if shown else MARGIN
+    width = WIDTH - MARGIN - left
+    y = _lines(figure, "Most confused pairs", left, CONTENT_TOP, width, 20, weight="bold")
+    y = _lines(
+        figure,
+        f"{best.model}: test images mixed up either way (share of the two classes)",
+        left,
+        y,
+        width,
+        MIN_SIZE,
+        color=MUTED,
+    )
+    items = [
+        f"{pair['class_a']} ↔ {pair['class_b']}: {pair['count']:,} "
+        f"({_percent(pair['share_of_true'])})"
+        for pair in deck.errors["most_confused_pairs"]
+    ]
+    y = _bullets(figure, items or ["no mistakes"], left, y - 0.15, width, 20)
+    per_class = deck.metrics.get(best.experiment, {}).get("per_class_accuracy")
+    if per_class:
+        ranked = sorted(per_class.items(), key=lambda item: item[1])
+
+        def listed(pairs) -> str:
+            return ", ".join(f"{name} {_percent(value)}" for name, value in pairs)
+
+        y = _lines(figure, "Per-class test accuracy", left, y - 0.15, width, 20, weight="bold")
+        _bullets(
+            figure,
+            [f"lowest: {listed(ranked[:2])}", f"highest: {listed(ranked[::-1][:2])}"],
+            left,
+            y - 0.1,
+            width,
+            20,
+        )
+
+
+def calibration_slide(figure: Figure, deck: Deck) -> None:
+    errors, best = deck.errors, deck.run(deck.errors["best_experiment"])
+    shown = _image(figure, deck.figures_dir / "best_reliability.png", MARGIN, 0.75, 5.2, 5.4)
+    left = 6.3 if shown else MARGIN
+    smoothing = deck.metrics.get(best.experiment, {}).get("profile", {}).get("label_smoothing")
+    items = [
+        f"Expected calibration error (ECE) of {best.model}: {errors['ece']:.3f}.",
+        f"Averaged over confidence bins, the confidence it states is "
+        f"{100 * errors['ece']:.1f} points away from how often it is right.",
+        "In the demo, a top-1 score p is right about a share p of the time, give or take "
+        "that bin's gap in the diagram (bars below the diagonal: over-confident).",
+    ]
+    if smoothing:
+        items.append(f"Trained with label smoothing {smoothing:g}, which tempers over-confidence.")
+    if not pd.isna(errors.get("tta_test_accuracy")):
+        items.append(
+            f"Flip test-time augmentation: {_percent(errors['tta_test_accuracy'])} vs "
+            f"{_percent(errors['test_accuracy'])} without."
+        )
+    _bullets(figure, items, left, CONTENT_TOP, WIDTH - MARGIN - left, 20)
+
+
+def limitations_slide(figure: Figure, deck: Deck) -> None:
+    best, settings = deck.best, deck.settings
+    available = sum(deck.eda["train"].values()) - deck.metrics[best.experiment]["data"]["val_size"]
+    full_size = config.PROFILES["full"].image_size
+    error = 1.96 * math.sqrt(best.test_accuracy * (1 - best.test_accuracy) / best.test_size)
+    items = [
+        f"CIFAR-10 images are {deck.image_size}: upscaling to {settings['image_size']} px inside "
+        "the model adds no detail the backbone could use."
+        if settings["image_size"] > deck.eda["image_shape"][0]
+        else f"CIFAR-10 images are {deck.image_size}, and this profile gives them to the "
+        "backbone unscaled."
+    ]
+    if best.train_size < available:
+        items.append(
+            f"Trained on {best.train_size:,} of the {available:,} training images available."
+        )
+    if settings["image_size"] < full_size:
+        items.append(
+            f"The {deck.profile} profile runs the backbone at {settings['image_size']} px to fit "
+            f"a CPU; the full profile uses {full_size} px."
+        )
+    if "jpeg" in Path(deck.eda["source"]).name.lower():
+        items.append(
+            "Data: a JPEG copy of CIFAR-10; compression changes pixels slightly against the "
+            "official release."
+        )
+    if not deck.has_full_results:
+        items.append(
+            "No GPU run yet (results/full is absent): the ResNet-50 figures are literature only."
+        )
+    items.append(
+        f"One seed, one run per model: with {best.test_size:,} test images, "
+        f"{_percent(best.test_accuracy)} has a 95% interval of ±{100 * error:.1f} points."
+    )
+    _bullets(figure, items, MARGIN, CONTENT_TOP, WIDTH - 2 * MARGIN)
+
+
+def next_steps_slide(figure: Figure, deck: Deck) -> None:
+    per_class = deck.metrics.get(deck.best.experiment, {}).get("per_class_accuracy", {})
+    hardest = sorted(per_class, key=per_class.get)[:2]
+    items = []
+    if not deck.has_full_results:
+        items.append("Run the full profile on a GPU: make reproduce PROFILE=full.")
+    paper = config.PROFILES["paper"]
+    items += [
+        f"Like-for-like with the write-ups ({paper.backbone}, {paper.train_size:,} training "
+        "images): make reproduce PROFILE=paper.",
+        "Several seeds per model, to report a mean and a spread instead of one number.",
+    ]
+    if hardest:
+        items.append(
+            f"Work on the weakest classes ({' and '.join(hardest)}): higher input resolution, "
+            "more fine-tuned layers, targeted augmentation."
+        )
+    items += [
+        "Temperature scaling on the validation set, so the demo's confidences mean more.",
+        "Publish the demo: make demo exports the best run as a Hugging Face Space with its "
+        "model card.",
+    ]
+    _bullets(figure, items, MARGIN, CONTENT_TOP, WIDTH - 2 * MARGIN)
+
+
+SLIDES: list[tuple[str, Callable[[Figure, Deck], None]]] = [
+    ("CIFAR-10 with ImageNet transfer learning", title_slide),
+    ("The problem", problem_slide),
+    ("The data", data_slide),
+    ("Method: baseline → head → fine-tuning", method_slide),
+    ("Results against prior work", results_slide),
+    ("Test accuracy, side by side", comparison_slide),
+    ("Training: head, then fine-tuning", curves_slide),
+    ("Error analysis", errors_slide),
+    ("Calibration: what the confidence means", calibration_slide),
+    ("Limitations", limitations_slide),
+    ("Next steps", next_steps_slide),
+]
+
+
+def render_slides(deck: Deck) -> Iterator[Figure]:
+    """One Figure per slide: title, rule, content, provenance footer and page number."""
+    for number, (title, draw) in enumerate(SLIDES, start=1):
+        figure = Figure(figsize=(WIDTH, HEIGHT))
+        _text(figure, MARGIN, HEIGHT - 0.45, title, TITLE_SIZE, va="top", weight="bold", color=DARK)
+        figure.add_artist(
+            Line2D(
+                [MARGIN, WIDTH - MARGIN],
+                [HEIGHT - 1.1] * 2,
+                transform=figure.dpi_scale_trans,
+                color=ACCENT,
+                linewidth=2,
+            )
+        )
+        _text(figure, MARGIN, 0.25, deck.provenance, MIN_SIZE, color=MUTED)
+        _text(
+            figure,
+            WIDTH - MARGIN,
+            0.25,
+            f"{number}/{len(SLIDES)}",
+            MIN_SIZE,
+            color=MUTED,
+            ha="right",
+        )
+        draw(figure, deck)
+        yield figure
+
+
+def build_deck(profile: str = "quick", results_dir=None, figures_dir=None, out=None) -> Path:
+    """Write the deck as a PDF (default ``presentation/cifar10-transfer-<profile>.pdf``)."""
+    deck = load_deck(profile, results_dir, figures_dir)
+    out = Path(out) if out else config.PRESENTATION_DIR / f"cifar10-transfer-{profile}.pdf"
+    # No creation date: the same results give the same file.
+    metadata = {"Title": f"CIFAR-10 transfer learning ({profile})", "CreationDate": None}
+    with fileio.atomic_path(out) as temporary, PdfPages(temporary, metadata=metadata) as pdf:
+        for figure in render_slides(deck):
+            pdf.savefig(figure)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar10_transfer.slides",
+        description="Build the PDF slide deck from results/<profile>/ and images/<profile>/.",
+    )
+    parser.add_argument("--profile", default="quick", choices=sorted(config.PROFILES))
+    parser.add_argument(
+        "--out", type=Path, help="PDF path (default: presentation/cifar10-transfer-<profile>.pdf)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        print(build_deck(args.profile, out=args.out))
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
