@@ -15,6 +15,7 @@ import numpy as np
 from keras import layers
 
 from cifar10_transfer import config, efficientnet_lite
+from cifar10_transfer.efficientnet_lite import WeightsError
 
 # Augmentation strengths, applied at 32x32 before resizing (cheap, and pad-and-crop
 # style translation is the classic CIFAR recipe).
@@ -55,10 +56,6 @@ RESNET_NOTOP_FILES = {
 }
 
 HEADS = ("seed", "slides", "linear")
-
-
-class WeightsError(ValueError):
-    """ImageNet weights could not be downloaded or read."""
 
 
 # ---------------------------------------------------------------- baselines
