@@ -201,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run in --out from its last epoch",
     )
     train.add_argument(
-        "--devices", default=None, help="'all' or N devices for data-parallel training (default: 1)"
+        "--devices",
+        default=None,
+        help="'all' or N devices of this machine for data-parallel training (default: 1); "
+        "the batch size is global and must be a multiple of N",
     )
     train.set_defaults(handler=cmd_train)
 
