@@ -16,9 +16,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
+BENCH_STAMP := $(VENV)/.installed-bench
+
+# PyTorch, for the plain-PyTorch reference in benchmarks/ only (CPU build for Python 3.11 here).
+$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
+	@touch $(BENCH_STAMP)
+
+# CI also installs the benchmark requirements, so the PyTorch reference is tested there;
+# locally `make bench` installs them (a CUDA build of torch is several GB elsewhere).
+TEST_DEPS := $(STAMP) $(if $(filter true,$(CI)),$(BENCH_STAMP))
+
 venv: $(STAMP)
 
-lint: $(STAMP)
+lint: $(TEST_DEPS)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
@@ -29,6 +40,14 @@ test: lint
 reproduce: $(STAMP)
 	$(PY) -m cifar10_transfer reproduce --profile $(PROFILE) \
 		$(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(DATA),--data $(DATA))
+
+# make bench: the CPU-sized benchmarks (throughput vs plain PyTorch, feature cache, time to
+# accuracy) and the generated table in benchmarks/README.md. GPU sizes: see benchmarks/README.md.
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/compare.py --image-size 96 --batch-size 16 --steps 10 --warmup 3
+	$(PY) benchmarks/feature_cache.py --image-size 64 --train-size 2000 --val-size 500 --test-size 500 --epochs 15
+	$(PY) benchmarks/time_to_accuracy.py --backbone efficientnet_lite0 --image-size 32 --batch-size 50 --train-size 1000 --val-size 200 --test-size 1000 --target 0.3 --max-epochs 2
+	$(PY) benchmarks/summarize.py
 
 # make presentation [PROFILE=quick]: the PDF deck from results/<profile>/ and images/<profile>/.
 presentation: $(STAMP)

@@ -1,0 +1,108 @@
+"""Shared by the benchmark scripts: arguments, result paths, the command line, JSON output.
+
+No Keras here: the PyTorch reference imports this module too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from cifar10_transfer import fileio
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+def weights_argument(text: str):
+    """--weights: "imagenet", "none" (random init) or a weights file path."""
+    return None if text.lower() == "none" else text
+
+
+def size_argument(text: str):
+    """--train-size / --test-size: a number of images, or "all"."""
+    if text.lower() in ("all", "none"):
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of images or 'all', got {text!r}")
+    return int(text)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
+    """--backbone, --weights, --image-size, --batch-size, --precision, --seed, --out."""
+    parser.add_argument(
+        "--backbone",
+        default=defaults.get("backbone", "efficientnet_lite0"),
+        help="efficientnet_lite0 or a keras.applications name, e.g. resnet50",
+    )
+    parser.add_argument(
+        "--weights",
+        type=weights_argument,
+        default=defaults.get("weights", "imagenet"),
+        help="imagenet, none (random init) or a weights file",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=defaults.get("image_size", 224),
+        help="px side the 32x32 input is resized to inside the model",
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 256))
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: mixed_bfloat16 on a GPU, float32 on a CPU",
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="result file (default: benchmarks/results/"
+        "<benchmark>-<backbone>-<device>-<backend>.json)",
+    )
+
+
+def device_slug(device: str) -> str:
+    """'cpu (x86_64, 2 cores)' -> 'cpu'; 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    if device.startswith("cpu"):
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+
+
+def command_line() -> str:
+    """The command as typed, with the Keras backend when it was chosen by environment."""
+    prefix = (
+        [f"KERAS_BACKEND={os.environ['KERAS_BACKEND']}"] if "KERAS_BACKEND" in os.environ else []
+    )
+    return " ".join(prefix + [shlex.join(["python", *sys.argv])])
+
+
+def write_result(result: dict, out: str | None) -> Path:
+    """Write ``result`` (atomic) to ``out`` or its default path; print and return the path."""
+    if out is None:
+        name = "-".join(
+            [
+                result["benchmark"],
+                result["backbone"],
+                device_slug(result["device"]),
+                result["backend"],
+            ]
+        )
+        out = RESULTS_DIR / f"{name}.json"
+    fileio.write_json(out, result)
+    print(f"wrote {out}", flush=True)
+    return Path(out)
+
+
+def run(main) -> None:
+    """Call ``main()``; expected failures print ``error: <message>`` and exit 2, as the CLI does."""
+    try:
+        main()
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

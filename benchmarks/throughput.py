@@ -1,0 +1,110 @@
+"""Training throughput of full fine-tuning: images per second after warm-up.
+
+The input is the project's real pipeline: uint8 32x32 NumPy batches, augmented and resized
+inside the model, backbone fully unfrozen, Adam, compiled and fitted by
+``training.fit`` with the project's callbacks. Random images and random initial weights: the
+speed does not depend on either.
+
+    python benchmarks/throughput.py --image-size 96 --batch-size 16 --steps 10   # CPU
+    KERAS_BACKEND=jax python benchmarks/throughput.py --backbone resnet50         # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import common
+import numpy as np
+import timers
+
+from cifar10_transfer import config, models, training
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_model_arguments(parser, weights=None)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps, after the warm-up")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="untimed first steps (compilation, caches); at least 1",
+    )
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 1:
+        parser.error("--steps and --warmup must be at least 1")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_arguments(argv)
+    load_before = os.getloadavg()[0]
+    os.environ.setdefault("CIFAR10_VERBOSE", "0")  # no per-step progress bar in the timing
+    training.set_seed(args.seed)
+    precision = training.configure_precision(args.precision)
+    profile = config.get_profile("full")
+    model = models.transfer_model(
+        args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        head=profile.head,
+        head_units=profile.head_units,
+        dropout_rate=profile.dropout_rate,
+        augment=True,
+        seed=args.seed,
+    )
+    models.set_trainable(model, "all")
+
+    count = (args.warmup + args.steps) * args.batch_size
+    rng = np.random.default_rng(args.seed)
+    images = rng.integers(0, 256, (count, *config.IMAGE_SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, config.NUM_CLASSES, count)
+    timer = timers.StepTimer()
+    with tempfile.TemporaryDirectory() as out_dir:
+        # One epoch of warm-up + timed steps; validation and checkpointing come after the timing.
+        training.fit(
+            model,
+            images,
+            labels,
+            images[: args.batch_size],
+            labels[: args.batch_size],
+            epochs=1,
+            batch_size=args.batch_size,
+            learning_rate=profile.finetune_learning_rate,
+            schedule="constant",
+            patience=1,
+            label_smoothing=profile.label_smoothing,
+            out_dir=Path(out_dir),
+            callbacks=[timer],
+        )
+    timed = timer.step_ends[args.warmup - 1 :]
+    seconds = timed[-1] - timed[0]
+    result = {
+        "benchmark": "throughput",
+        "framework": "keras",
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "precision": precision,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "input": "uint8 32x32 NumPy batches; augmentation and resizing inside the model",
+        "trainable": "all (BatchNormalization frozen, inference mode)",
+        "optimizer": "adam",
+        "images_per_second": args.steps * args.batch_size / seconds,
+        "step_time_median_ms": 1000 * timer.median_step_s(args.warmup),
+        "first_step_s": timer.first_step_s(),
+        "load_average": [load_before, os.getloadavg()[0]],
+        **training.environment(),
+        "command": common.command_line(),
+    }
+    common.write_result(result, args.out)
+    print(f"{result['images_per_second']:.1f} images/s", flush=True)
+
+
+if __name__ == "__main__":
+    common.run(main)

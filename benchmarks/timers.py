@@ -1,0 +1,41 @@
+"""Keras callbacks that time training: every step's end and every epoch's end."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Records ``time.perf_counter()`` at the start of training and at each step's end."""
+
+    def on_train_begin(self, logs=None):
+        self.train_begin = time.perf_counter()
+        self.step_ends = []
+        self.epoch_ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Reading the loss waits for the step to finish (JAX and GPUs dispatch asynchronously).
+        float(logs["loss"])
+        self.step_ends.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_ends.append(time.perf_counter())
+
+    def first_step_s(self) -> float:
+        """Start of training to the end of step 1: compilation plus one step."""
+        return self.step_ends[0] - self.train_begin
+
+    def median_step_s(self, warmup: int = 1) -> float:
+        """Median duration of the steps after the first ``warmup`` (>= 1) steps."""
+        return float(np.median(np.diff(self.step_ends[warmup - 1 :])))
+
+    def median_epoch_s(self) -> float:
+        """Median duration of the epochs after the first (which includes compilation)."""
+        return float(np.median(np.diff(self.epoch_ends)))
+
+    def compile_s(self) -> float:
+        """First step's overhead over a typical step: the time spent compiling."""
+        return max(self.first_step_s() - self.median_step_s(), 0.0)
