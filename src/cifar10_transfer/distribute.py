@@ -30,7 +30,9 @@ the cluster (``keras.distribution.initialize``) before anything touches a JAX de
 ``DataParallel`` spans every device of every machine. Each process feeds its own slice of
 every split (``process_slice``) with a per-process batch of ``batch_size / processes``;
 ``predict`` and ``gather`` give every process all the predictions; only the chief
-(process 0) writes the run folder (``is_chief``).
+(process 0) writes the run folder (``is_chief``), while the others keep their Keras backup
+(for ``resume``) in ``<run folder>.process<N>``. Fine-tuning loads the head run's model,
+so for it the runs folder must be one that every machine sees (a shared filesystem).
 """
 
 from __future__ import annotations
@@ -220,12 +222,12 @@ def setup(devices, batch_size: int) -> Placement:
                 f"{', '.join(MULTI_HOST_VARIABLES)} set: training on several machines "
                 f"needs KERAS_BACKEND=jax, not {backend}"
             )
-        _join_cluster()
         if str(devices) != "all":
             raise ValueError(
                 f"devices={devices!r}: on several machines use devices='all' "
                 "(every device of every machine)"
             )
+        _join_cluster()
     elif devices in (None, 1, "1"):
         return Placement()
     elif backend not in ("jax", "tensorflow"):
