@@ -6,11 +6,13 @@ devices for TensorFlow) and the backend must be set before either library starts
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 from test_training import synthetic_splits
 
@@ -192,6 +194,102 @@ def test_tensorflow_runs_resume_and_cache_features_on_two_devices(tmp_path):
     check_runs(last_json(result), 2)
 
 
+# One baseline run; prints the training losses seen by this process and the test metrics.
+MULTI_HOST_RUN = """
+import json, sys
+import keras
+from cifar10_transfer import training
+from test_training import SMALL, synthetic_splits
+
+
+class Losses(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.values = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.values.append([logs["loss"], logs["val_loss"]])
+
+
+losses = Losses()
+metrics = training.run_experiment(
+    "baseline_cnn", "smoke", out_dir=sys.argv[1], splits=synthetic_splits(), devices="all",
+    callbacks=[losses], **{**SMALL, "baseline_batch_size": 20, "augment": False})
+print(json.dumps({"losses": losses.values, "device_count": metrics["device_count"],
+                  **{key: metrics[key] for key in ("test_accuracy", "test_loss", "ece")}}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_jax_two_processes_train_like_one_process_with_four_devices(tmp_path):
+    environment = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{free_port()}",
+        "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+        "CIFAR10_VERBOSE": "0",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CIFAR10_TRANSFER_ROOT": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]),
+    }
+    out = tmp_path / "two-processes" / "baseline"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTI_HOST_RUN, str(out)],
+            env={**environment, "KERAS_DISTRIBUTION_PROCESS_ID": str(index)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    try:
+        # A process whose partner died waits for it forever: bound both.
+        results = [process.communicate(timeout=600) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, results, strict=True):
+        assert process.returncode == 0, stderr[-4000:]
+    chief, worker = (json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in results)
+    # Losses are computed over the global batch, so every process sees the same numbers.
+    assert chief == worker and chief["device_count"] == 4
+    # Only the chief wrote the run folder; the worker's working files are gone.
+    assert sorted(path.name for path in out.parent.iterdir()) == ["baseline"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "checkpoint.keras",
+        "history.csv",
+        "metrics.json",
+        "model.keras",
+        "predictions.npz",
+    ]
+    assert json.loads((out / "metrics.json").read_text())["device_count"] == 4
+    # The gathered predictions are the saved model's, row for row.
+    splits = synthetic_splits()
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    with np.load(out / "predictions.npz") as stored:
+        np.testing.assert_array_equal(stored["y_true"], splits.y_test)
+        np.testing.assert_allclose(
+            stored["probabilities"], model.predict(splits.x_test, verbose=0), atol=1e-4
+        )
+
+    single = last_json(
+        run_python(JAX_FOUR_DEVICES, "-c", MULTI_HOST_RUN, str(tmp_path / "one-process"))
+    )
+    assert single["device_count"] == 4
+    # Same data, seed and initial weights; with shuffling each process draws its own batch
+    # order, so the global batches differ from one process's and the losses agree only
+    # approximately.
+    assert np.array(chief["losses"]) == pytest.approx(np.array(single["losses"]), rel=0.05)
+    assert chief["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=0.1)
+
+
 def test_cli_rejects_an_uneven_global_batch_before_training(tmp_path):
     out = tmp_path / "run"
     result = run_python(
@@ -242,13 +340,32 @@ def test_bad_device_counts_are_refused(devices, message):
         distribute.setup(devices, batch_size=20)
 
 
-def test_multi_host_variables_are_refused(monkeypatch):
+def test_multi_host_needs_jax_every_variable_and_all_devices(monkeypatch):
+    on_jax = keras.backend.backend() == "jax"
+    not_jax = "training on several machines needs KERAS_BACKEND=jax"
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
     with pytest.raises(
-        ValueError,
-        match="KERAS_DISTRIBUTION_NUM_PROCESSES set: training on several machines is not supported",
+        ValueError, match="KERAS_DISTRIBUTION_JOB_ADDRESSES, " if on_jax else not_jax
     ):
+        distribute.setup("all", batch_size=20)
+    # Refused before joining the cluster, which would wait for the other machines.
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "127.0.0.1:1")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
+    with pytest.raises(ValueError, match="use devices='all'" if on_jax else not_jax):
         distribute.setup(2, batch_size=20)
+
+
+def test_process_slices_gather_back_in_order(monkeypatch):
+    rows = np.arange(12).reshape(6, 2)
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "3")
+    slices = []
+    for index in range(3):
+        monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", str(index))
+        assert distribute.is_chief() == (index == 0)
+        slices.append(distribute.process_slice(rows))
+    assert [part[:, 0].tolist() for part in slices] == [[0, 6], [2, 8], [4, 10]]
+    # What process_allgather returns: the slices stacked in process order.
+    np.testing.assert_array_equal(distribute._interleave(np.stack(slices)), rows)
 
 
 def test_split_sizes_must_divide_across_devices():

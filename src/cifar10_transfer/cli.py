@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices",
         default=None,
         help="'all' or N devices of this machine for data-parallel training (default: 1); "
-        "the batch size is global and must be a multiple of N",
+        "the batch size is global and must be a multiple of N; with KERAS_DISTRIBUTION_* "
+        "set (several machines, see README) 'all'",
     )
     train.set_defaults(handler=cmd_train)
 

@@ -201,12 +201,14 @@ def fit(
     """Compile and fit one stage; return its history (one row per epoch)."""
     steps_per_epoch = int(np.ceil(len(x_train) / batch_size))
     compile_model(model, learning_rate, schedule, epochs, steps_per_epoch, label_smoothing)
+    # On several machines each process feeds its own slice, batch_size / processes at a time.
+    x_train, y_train, x_val, y_val = map(distribute.process_slice, (x_train, y_train, x_val, y_val))
     model.fit(
         x_train,
         one_hot(y_train),
         validation_data=(x_val, one_hot(y_val)),
         epochs=epochs,
-        batch_size=batch_size,
+        batch_size=batch_size // distribute.process_count(),
         shuffle=True,
         callbacks=_callbacks(out_dir, schedule, patience, resume, callbacks),
         verbose=1 if os.environ.get("CIFAR10_VERBOSE", "1") != "0" else 2,
@@ -220,7 +222,7 @@ def fit(
 
 def cached_features(model, splits, cache_file: Path, batch_size: int) -> dict:
     """Pooled backbone features for train/val/test, computed once and kept on disk."""
-    if cache_file.exists():
+    if distribute.on_every_process(cache_file.exists()):
         with np.load(cache_file, allow_pickle=False) as stored:
             return {name: stored[name] for name in stored.files}
     extractor = models.feature_extractor(model)
@@ -228,9 +230,10 @@ def cached_features(model, splits, cache_file: Path, batch_size: int) -> dict:
     for split in ("train", "val", "test"):
         images = getattr(splits, f"x_{split}")
         print(f"extracting {split} features: {len(images)} images", flush=True)
-        features[split] = extractor.predict(images, batch_size=batch_size, verbose=1)
-    with fileio.atomic_path(cache_file) as temporary:
-        np.savez(temporary, **features)
+        features[split] = distribute.predict(extractor, images, batch_size)
+    if distribute.is_chief():
+        with fileio.atomic_path(cache_file) as temporary:
+            np.savez(temporary, **features)
     return features
 
 
@@ -280,7 +283,7 @@ def train_head(
     )
     if not cache_features:
         history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, **settings)
-        return history, model.predict(splits.x_test, batch_size=profile.batch_size, verbose=0)
+        return history, distribute.predict(model, splits.x_test, profile.batch_size)
     cache_file = (
         config.RUNS_DIR
         / "features"
@@ -291,7 +294,7 @@ def train_head(
     history = fit(
         head, features["train"], splits.y_train, features["val"], splits.y_val, **settings
     )
-    return history, head.predict(features["test"], batch_size=profile.batch_size, verbose=0)
+    return history, distribute.predict(head, features["test"], profile.batch_size)
 
 
 def fine_tune(
@@ -373,18 +376,24 @@ def run_experiment(
         profile = config.override(profile, **overrides)
     out_dir = Path(out_dir) if out_dir else run_dir(profile.name, experiment)
     started = time.perf_counter()
-    set_seed(profile.seed)
-    precision = configure_precision()
     batch_size = (
         profile.baseline_batch_size if experiment in models.BASELINES else profile.batch_size
     )
+    # First: on several machines this joins the cluster, which must precede any JAX device use.
     strategy = distribute.setup(devices, batch_size)
+    set_seed(profile.seed)
+    precision = configure_precision()
     if splits is None:
         splits = data.load_splits(profile, data_source)
     strategy.check_splits(splits)
-    _prepare_out_dir(out_dir, resume)
+    # Only the chief writes the run folder; other processes keep their Keras working files
+    # (backup for resuming, checkpoint) apart and delete them at the end.
+    work_dir = out_dir if distribute.is_chief() else distribute.worker_dir(out_dir)
+    _prepare_out_dir(work_dir, resume)
     head_dir = out_dir.parent / "head"
-    if experiment == "finetune" and not (head_dir / "model.keras").exists():
+    if experiment == "finetune" and not distribute.on_every_process(
+        (head_dir / "model.keras").exists()
+    ):
         # Fine-tuning starts from the head run; train it first, as its own run folder.
         run_experiment("head", profile, out_dir=head_dir, devices=devices, splits=splits)
 
@@ -404,27 +413,30 @@ def run_experiment(
                 schedule=profile.lr_schedule,
                 patience=profile.early_stopping_patience,
                 label_smoothing=profile.label_smoothing,
-                out_dir=out_dir,
+                out_dir=work_dir,
                 resume=resume,
                 callbacks=callbacks,
             )
             history["stage"] = "baseline"
-            probabilities = model.predict(splits.x_test, batch_size=batch_size, verbose=0)
+            probabilities = distribute.predict(model, splits.x_test, batch_size)
         elif experiment == "head":
             model = _new_transfer_model(profile)
             history, probabilities = train_head(
-                model, splits, profile, out_dir, resume, callbacks=callbacks
+                model, splits, profile, work_dir, resume, callbacks=callbacks
             )
             history["stage"] = "head"
         else:
             model = keras.saving.load_model(head_dir / "model.keras", safe_mode=True)
             head_history = pd.read_csv(head_dir / "history.csv").drop(columns=["epoch"])
-            history = fine_tune(model, splits, profile, out_dir, resume, callbacks)
+            history = fine_tune(model, splits, profile, work_dir, resume, callbacks)
             history["stage"] = "finetune"
             history = pd.concat([head_history, history], ignore_index=True)
-            probabilities = model.predict(splits.x_test, batch_size=profile.batch_size, verbose=0)
+            probabilities = distribute.predict(model, splits.x_test, profile.batch_size)
             tta = evaluation.predict_with_tta(
-                model, splits.x_test, batch_size=profile.batch_size, probabilities=probabilities
+                distribute.Predictor(model),
+                splits.x_test,
+                batch_size=profile.batch_size,
+                probabilities=probabilities,
             )
             extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
 
@@ -457,11 +469,16 @@ def run_experiment(
         "class_names": list(splits.class_names),
         "profile": profile.to_dict(),
     }
-    save_model(model, out_dir / "model.keras")
-    with fileio.atomic_path(out_dir / "predictions.npz") as temporary:
-        np.savez(temporary, y_true=splits.y_test, probabilities=probabilities)
-    fileio.write_text(out_dir / "history.csv", history.to_csv(index=False))
-    fileio.write_json(out_dir / "metrics.json", metrics)
+    if distribute.is_chief():
+        save_model(model, out_dir / "model.keras")
+        with fileio.atomic_path(out_dir / "predictions.npz") as temporary:
+            np.savez(temporary, y_true=splits.y_test, probabilities=probabilities)
+        fileio.write_text(out_dir / "history.csv", history.to_csv(index=False))
+        fileio.write_json(out_dir / "metrics.json", metrics)
+    else:
+        shutil.rmtree(work_dir)
+    # Fine-tuning loads the head run's model next: wait until the chief has written it.
+    distribute.barrier("run folder written")
     return metrics
 
 
