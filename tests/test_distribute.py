@@ -143,8 +143,8 @@ from test_training import SMALL, InterruptAfter, synthetic_splits
 devices, out = int(sys.argv[1]), Path(sys.argv[2])
 splits = synthetic_splits()
 # A small backbone and no augmentation layers (slow to compile on JAX) keep the test fast.
-settings = {**SMALL, "backbone": "mobilenet_v3_small", "baseline_batch_size": 20, "augment": False,
-            "early_stopping_patience": 10}
+settings = {**SMALL, "backbone": "mobilenet_v3_small", "baseline_batch_size": 20,
+            "augment": False, "baseline_augment": False, "early_stopping_patience": 10}
 try:
     training.run_experiment("baseline_cnn", "smoke", out_dir=out / "baseline", splits=splits,
                             devices=devices, callbacks=[InterruptAfter(1)], **settings)
@@ -213,7 +213,8 @@ class Losses(keras.callbacks.Callback):
 losses = Losses()
 metrics = training.run_experiment(
     "baseline_cnn", "smoke", out_dir=sys.argv[1], splits=synthetic_splits(), devices="all",
-    callbacks=[losses], **{**SMALL, "baseline_batch_size": 20, "augment": False})
+    callbacks=[losses],
+    **{**SMALL, "baseline_batch_size": 20, "augment": False, "baseline_augment": False})
 print(json.dumps({"losses": losses.values, "device_count": metrics["device_count"],
                   **{key: metrics[key] for key in ("test_accuracy", "test_loss", "ece")}}))
 """

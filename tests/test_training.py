@@ -229,7 +229,7 @@ def test_seed_cnn_learns_real_cifar10(real_cifar10, tmp_path):
         splits=splits,
         baseline_epochs=2,
         baseline_batch_size=64,
-        augment=False,
+        baseline_augment=False,
         label_smoothing=0.0,
     )
     assert metrics["test_accuracy"] >= 0.45, metrics["test_accuracy"]

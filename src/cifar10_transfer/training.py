@@ -400,7 +400,9 @@ def run_experiment(
     extra = {}
     with strategy.scope():
         if experiment in models.BASELINES:
-            model = models.BASELINES[experiment](augment=profile.augment, seed=profile.seed)
+            model = models.BASELINES[experiment](
+                augment=profile.baseline_augment, seed=profile.seed
+            )
             history = fit(
                 model,
                 splits.x_train,
