@@ -99,6 +99,8 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
     results = tmp_path / "results" / "smoke"
     for name in reproduce.NOTEBOOKS:
         assert (results / "notebooks" / name).exists()
+    timings = json.loads((results / "notebooks" / "timings.json").read_text())["seconds"]
+    assert set(timings) == {*reproduce.NOTEBOOKS, "total"} and timings["total"] > 0
     summary = json.loads((results / "summary.json").read_text())
     experiments = [run["experiment"] for run in summary["runs"]]
     assert experiments == ["baseline_cnn", "two_layer_fc", "three_layer_cnn", "head", "finetune"]

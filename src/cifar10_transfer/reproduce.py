@@ -1,6 +1,7 @@
 """``make reproduce``: run notebooks 01-05 with papermill, then publish the results table.
 
-Executed notebooks are saved to ``results/<profile>/notebooks/``; the summary goes to
+Executed notebooks, and the seconds each took (``timings.json``), are saved to
+``results/<profile>/notebooks/``; the summary goes to
 ``results/<profile>/summary.json`` and ``results.md``, and into the README between the
 ``<!-- results-<profile>:start/end -->`` markers when the README has them.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cifar10_transfer import config, reports
+from cifar10_transfer import config, fileio, reports
 
 NOTEBOOKS = (
     "01_eda.ipynb",
@@ -30,7 +31,7 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None) -> list[Pa
     import papermill
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    executed = []
+    executed, timings = [], {}
     started = time.perf_counter()
     notebooks = [
         Path(path) for path in notebooks or [config.NOTEBOOKS_DIR / name for name in NOTEBOOKS]
@@ -63,6 +64,9 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None) -> list[Pa
             flush=True,
         )
         executed.append(target)
+        timings[name] = round(elapsed, 1)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    fileio.write_json(output_dir / "timings.json", {"seconds": timings})
     return executed
 
 
