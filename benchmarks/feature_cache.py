@@ -28,7 +28,7 @@ from pathlib import Path
 import common
 import timers
 
-from cifar10_transfer import config, data, evaluation, models, training
+from cifar10_transfer import config, data, evaluation, training
 
 GOAL_SPEEDUP = 10.0
 GOAL_ACCURACY_GAP_POINTS = 0.5
@@ -70,16 +70,7 @@ def run_stage(splits, profile: config.Profile, cache_features: bool, runs_dir: P
     # train_head keeps its feature cache under config.RUNS_DIR: point it at this benchmark's.
     config.RUNS_DIR = runs_dir
     training.set_seed(profile.seed)
-    model = models.transfer_model(
-        profile.backbone,
-        weights=profile.weights,
-        image_size=profile.image_size,
-        head=profile.head,
-        head_units=profile.head_units,
-        dropout_rate=profile.dropout_rate,
-        augment=profile.augment,
-        seed=profile.seed,
-    )
+    model = training.build_transfer_model(profile)
     timer = timers.StepTimer()
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()

@@ -46,15 +46,15 @@ def main(argv=None) -> None:
     training.set_seed(args.seed)
     precision = training.configure_precision(args.precision)
     profile = config.get_profile("full")
-    model = models.transfer_model(
-        args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        head=profile.head,
-        head_units=profile.head_units,
-        dropout_rate=profile.dropout_rate,
-        augment=True,
-        seed=args.seed,
+    model = training.build_transfer_model(
+        config.override(
+            profile,
+            backbone=args.backbone,
+            weights=args.weights,
+            image_size=args.image_size,
+            augment=True,
+            seed=args.seed,
+        )
     )
     models.set_trainable(model, "all")
 

@@ -99,15 +99,15 @@ def main(argv=None) -> None:
     splits = data.make_splits(
         data.load_cifar10(args.data), args.train_size, args.val_size, args.test_size, args.seed
     )
-    model = models.transfer_model(
-        args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        head=profile.head,
-        head_units=profile.head_units,
-        dropout_rate=profile.dropout_rate,
-        augment=True,
-        seed=args.seed,
+    model = training.build_transfer_model(
+        config.override(
+            profile,
+            backbone=args.backbone,
+            weights=args.weights,
+            image_size=args.image_size,
+            augment=True,
+            seed=args.seed,
+        )
     )
     models.set_trainable(model, "all")
     setup_s = time.perf_counter() - started

@@ -422,7 +422,7 @@ def run_experiment(
             history["stage"] = "baseline"
             probabilities = distribute.predict(model, splits.x_test, batch_size)
         elif experiment == "head":
-            model = _new_transfer_model(profile)
+            model = build_transfer_model(profile)
             history, probabilities = train_head(
                 model, splits, profile, work_dir, resume, callbacks=callbacks
             )
@@ -484,7 +484,8 @@ def run_experiment(
     return metrics
 
 
-def _new_transfer_model(profile: config.Profile):
+def build_transfer_model(profile: config.Profile):
+    """``models.transfer_model`` with the profile's backbone, size, head and augmentation."""
     return models.transfer_model(
         backbone=profile.backbone,
         weights=profile.weights,
