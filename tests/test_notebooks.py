@@ -68,10 +68,9 @@ def test_a_failing_cell_is_reported_by_notebook_cell_and_error(tmp_path):
     }
     path = tmp_path / "99_failing.ipynb"
     nbformat.write(failing, path)
+    # Cell 3 of the executed notebook: papermill injects its parameters cell after cell 1.
     with pytest.raises(
-        reproduce.NotebookError,
-        match=r"99_failing.ipynb failed in cell 2: "
-        r"ValueError: boom",
+        reproduce.NotebookError, match=r"99_failing.ipynb failed in cell 3: ValueError: boom"
     ):
         reproduce.run_notebooks({"x": 2}, tmp_path / "out", notebooks=[path])
 
