@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from cifar10_transfer import fileio
+from cifar10_transfer import config, fileio
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
@@ -64,6 +64,24 @@ def add_model_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
         default=None,
         help="result file (default: benchmarks/results/"
         "<benchmark>-<backbone>-<device>-<backend>.json)",
+    )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, profile) -> None:
+    """--data, --train-size, --val-size, --test-size, defaulting to ``profile``'s sizes."""
+    parser.add_argument("--data", default=str(config.SHARED_DATA), help="CIFAR-10 source")
+    parser.add_argument(
+        "--train-size",
+        type=size_argument,
+        default=profile.train_size,
+        help=f"training images, or 'all' (default: the {profile.name} profile's)",
+    )
+    parser.add_argument("--val-size", type=int, default=profile.val_size)
+    parser.add_argument(
+        "--test-size",
+        type=size_argument,
+        default=profile.test_size,
+        help=f"test images, or 'all' (default: the {profile.name} profile's)",
     )
 
 

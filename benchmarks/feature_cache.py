@@ -40,20 +40,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     common.add_model_arguments(
         parser, backbone=quick.backbone, image_size=quick.image_size, batch_size=quick.batch_size
     )
-    parser.add_argument("--data", default=str(config.SHARED_DATA), help="CIFAR-10 source")
-    parser.add_argument(
-        "--train-size",
-        type=common.size_argument,
-        default=quick.train_size,
-        help="training images, or 'all'",
-    )
-    parser.add_argument("--val-size", type=int, default=quick.val_size)
-    parser.add_argument(
-        "--test-size",
-        type=common.size_argument,
-        default=quick.test_size,
-        help="test images, or 'all'",
-    )
+    common.add_data_arguments(parser, quick)
     parser.add_argument(
         "--epochs",
         type=int,

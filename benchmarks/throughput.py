@@ -23,6 +23,21 @@ import timers
 from cifar10_transfer import config, models, training
 
 
+def build_unfrozen_model(args: argparse.Namespace):
+    """The full profile's transfer model from the arguments, augmenting, every layer training."""
+    profile = config.override(
+        config.get_profile("full"),
+        backbone=args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        augment=True,
+        seed=args.seed,
+    )
+    model = training.build_transfer_model(profile)
+    models.set_trainable(model, "all")
+    return model
+
+
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_model_arguments(parser, weights=None)
@@ -46,17 +61,7 @@ def main(argv=None) -> None:
     training.set_seed(args.seed)
     precision = training.configure_precision(args.precision)
     profile = config.get_profile("full")
-    model = training.build_transfer_model(
-        config.override(
-            profile,
-            backbone=args.backbone,
-            weights=args.weights,
-            image_size=args.image_size,
-            augment=True,
-            seed=args.seed,
-        )
-    )
-    models.set_trainable(model, "all")
+    model = build_unfrozen_model(args)
 
     count = (args.warmup + args.steps) * args.batch_size
     rng = np.random.default_rng(args.seed)

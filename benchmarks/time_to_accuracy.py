@@ -23,8 +23,9 @@ from pathlib import Path
 import common
 import keras
 import timers
+from throughput import build_unfrozen_model
 
-from cifar10_transfer import config, data, evaluation, models, training
+from cifar10_transfer import config, data, evaluation, training
 
 
 class TestAccuracyTarget(keras.callbacks.Callback):
@@ -63,20 +64,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     common.add_model_arguments(
         parser, backbone=full.backbone, image_size=full.image_size, batch_size=full.batch_size
     )
-    parser.add_argument("--data", default=str(config.SHARED_DATA), help="CIFAR-10 source")
-    parser.add_argument(
-        "--train-size",
-        type=common.size_argument,
-        default=full.train_size,
-        help="training images, or 'all' (default: all 48k)",
-    )
-    parser.add_argument("--val-size", type=int, default=full.val_size)
-    parser.add_argument(
-        "--test-size",
-        type=common.size_argument,
-        default=full.test_size,
-        help="test images, or 'all' (default)",
-    )
+    common.add_data_arguments(parser, full)
     parser.add_argument("--target", type=float, default=0.94, help="test accuracy to reach")
     parser.add_argument("--max-epochs", type=int, default=full.finetune_epochs)
     parser.add_argument("--learning-rate", type=float, default=full.finetune_learning_rate)
@@ -99,17 +87,7 @@ def main(argv=None) -> None:
     splits = data.make_splits(
         data.load_cifar10(args.data), args.train_size, args.val_size, args.test_size, args.seed
     )
-    model = training.build_transfer_model(
-        config.override(
-            profile,
-            backbone=args.backbone,
-            weights=args.weights,
-            image_size=args.image_size,
-            augment=True,
-            seed=args.seed,
-        )
-    )
-    models.set_trainable(model, "all")
+    model = build_unfrozen_model(args)
     setup_s = time.perf_counter() - started
     steps, target = (
         timers.StepTimer(),
