@@ -201,3 +201,9 @@ def test_predict_with_tta_averages_image_and_mirror():
     np.testing.assert_allclose(
         evaluation.predict_with_tta(model, images, probabilities=plain), averaged, rtol=1e-6
     )
+
+
+def test_percent_formats_fractions_and_marks_missing_values():
+    assert evaluation.percent(0.79734) == "79.7%"
+    assert evaluation.percent(0.79734, digits=2) == "79.73%"
+    assert evaluation.percent(None) == evaluation.percent(float("nan")) == "–"

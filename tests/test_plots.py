@@ -4,6 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.text import Text
 from PIL import Image
 
 from cifar10_transfer import config, evaluation, plots
@@ -134,8 +135,27 @@ def test_confusion_matrix_heatmap_annotates_row_percentages(tmp_path):
         (lambda: plots.sample_grid(IMAGES[0], LABELS), r"images must have shape \(N, height"),
         (lambda: plots.mean_images(IMAGES, LABELS[:5]), "labels must have one label per image"),
         (lambda: plots.comparison_bars({}), "results must be a non-empty dict"),
+        (lambda: plots.comparison_bars({"a": 0.5}, prior_as="dots"), "prior_as must be"),
     ],
 )
 def test_bad_arguments_raise_value_error(draw, message):
     with pytest.raises(ValueError, match=message):
         draw()
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda **kw: plots.training_curves(HISTORY, stage_boundary=3, **kw),
+        lambda **kw: plots.comparison_bars({"seed CNN": 0.12, "fine-tuned": 0.9}, **kw),
+        lambda **kw: plots.comparison_bars({"fine-tuned": 0.9}, prior_as="bars", **kw),
+    ],
+    ids=["training_curves", "comparison_lines", "comparison_bars"],
+)
+def test_slide_style_draws_the_charts_at_the_given_size_in_18_pt_or_more(draw, tmp_path):
+    figure = draw(size=(12, 5), style=plots.SLIDE_STYLE, path=tmp_path / "chart.png")
+    assert tuple(figure.get_size_inches()) == (12, 5)
+    texts = [text for text in figure.findobj(Text) if text.get_visible() and text.get_text()]
+    assert min(text.get_fontsize() for text in texts) >= 18
+    with Image.open(tmp_path / "chart.png") as image:  # nothing drawn beyond the figure
+        assert image.width <= (12 + 2 * plt.rcParams["savefig.pad_inches"]) * plots.DPI

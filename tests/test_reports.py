@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cifar10_transfer import fileio, reports
+from cifar10_transfer import config, data, evaluation, fileio, reports
 
 
 def _fake_run(folder, experiment, accuracy, backbone=None, tta=None):
@@ -78,9 +78,46 @@ def test_update_readme_replaces_only_between_markers(tmp_path):
     assert readme.read_text() == (
         "intro\n<!-- results:start -->\n| new |\n<!-- results:end -->\noutro\n"
     )
-    readme.write_text("no markers")
-    with pytest.raises(ValueError, match="markers"):
-        reports.update_readme("x", readme)
+    for broken in ("no markers", "<!-- results:end --> <!-- results:start -->"):
+        readme.write_text(broken)
+        with pytest.raises(ValueError, match="markers"):
+            reports.update_readme("x", readme)
+        assert readme.read_text() == broken
+
+
+def test_eda_summary_adds_channel_statistics_to_the_data_summary():
+    images = np.zeros((4, 2, 2, 3), np.uint8)
+    images[..., 0] = [[[0]], [[100]], [[200]], [[100]]]  # red: mean 100, std sqrt(5000)
+    images[..., 2] = 255
+    dataset = data.CIFAR10(
+        images,
+        np.array([0, 1, 1, 2]),
+        images[:1],
+        np.array([3]),
+        config.CLASS_NAMES,
+        "/data/cifar.tar.gz",
+        True,
+        "sha256 of cifar.tar.gz",
+    )
+    summary = reports.eda_summary(dataset)
+    assert summary["channel_mean"] == [100.0, 0.0, 255.0]
+    assert summary["channel_std"] == [70.71, 0.0, 0.0]
+    assert summary["train"]["automobile"] == 2 and summary["test"]["cat"] == 1
+    assert summary["image_shape"] == [2, 2, 3] and summary["verified"] is True
+    json.dumps(summary)  # JSON-ready: plain ints, floats and lists
+
+
+def test_error_analysis_of_a_run_is_json_ready(tmp_path):
+    run = reports.load_run(_fake_run(tmp_path / "run", "finetune", 0.9, "resnet50", tta=0.91))
+    analysis = json.loads(json.dumps(reports.error_analysis(run, top_k=2)))
+    assert analysis["best_experiment"] == "finetune"
+    assert (analysis["test_accuracy"], analysis["tta_test_accuracy"]) == (0.9, 0.91)
+    assert analysis["ece"] == evaluation.expected_calibration_error(run.y_true, run.probabilities)
+    pairs = evaluation.most_confused_pairs(
+        run.y_true, run.probabilities.argmax(axis=1), top_k=2, symmetric=True
+    )
+    assert analysis["most_confused_pairs"] == pairs.to_dict(orient="records")
+    assert len(pairs) == 2 and set(pairs) == {"class_a", "class_b", "count", "share_of_true"}
 
 
 def test_error_figures_come_from_stored_predictions(tmp_path):

@@ -1,12 +1,15 @@
 import dataclasses
 import re
 
+import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.text import Text
 
-from cifar10_transfer import config, fileio, slides
+from cifar10_transfer import cli, config, data, fileio, plots, reports, slides
 
 PROFILE = "quick"
 # Distinctive values, so the tests can tell that slide numbers come from these files.
@@ -64,37 +67,46 @@ def fake_outputs(tmp_path_factory):
             }
         )
     fileio.write_json(results / "summary.json", {"profile": PROFILE, "runs": rows})
-    fileio.write_text(
-        results / "finetune" / "history.csv",
-        "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss,stage\n"
-        "1,0.70,0.001,0.9,0.75,0.8,head\n"
-        "2,0.78,0.001,0.7,0.80,0.6,head\n"
-        "3,0.85,0.0001,0.5,0.86,0.45,finetune\n"
-        "4,0.88,0.00005,0.4,0.87,0.42,finetune\n",
-    )
-    fileio.write_json(
-        results / "eda.json",
+    history = pd.DataFrame(
         {
-            "source": "/data/cifar10-jpeg.tar.gz",
-            "verified": True,
-            "train": dict.fromkeys(config.CLASS_NAMES, 5000),
-            "test": dict.fromkeys(config.CLASS_NAMES, 1000),
-            "image_shape": [32, 32, 3],
-            "dtype": "uint8",
-        },
+            "epoch": [1, 2, 3, 4],
+            "accuracy": [0.70, 0.78, 0.85, 0.88],
+            "learning_rate": [0.001, 0.001, 0.0001, 0.00005],
+            "loss": [0.9, 0.7, 0.5, 0.4],
+            "val_accuracy": [0.75, 0.80, 0.86, 0.87],
+            "val_loss": [0.8, 0.6, 0.45, 0.42],
+            "stage": ["head", "head", "finetune", "finetune"],
+        }
     )
-    fileio.write_json(
-        results / "error_analysis.json",
-        {
-            "best_experiment": "finetune",
-            "test_accuracy": ACCURACIES["finetune"],
-            "tta_test_accuracy": ACCURACIES["finetune"] + 0.004,
-            "ece": 0.031,
-            "most_confused_pairs": [
-                {"class_a": "cat", "class_b": "dog", "count": 231, "share_of_true": 0.1162}
-            ],
-        },
+    history.to_csv(results / "finetune" / "history.csv", index=False)
+    # eda.json and error_analysis.json as notebooks 01 and 05 write them, through the same
+    # functions. Tiny images: of the pixels the deck shows only their shape.
+    train_labels, test_labels = np.arange(50_000) % 10, np.arange(10_000) % 10
+    dataset = data.CIFAR10(
+        x_train=np.zeros((50_000, 2, 2, 3), np.uint8),
+        y_train=train_labels,
+        x_test=np.zeros((10_000, 2, 2, 3), np.uint8),
+        y_test=test_labels,
+        class_names=config.CLASS_NAMES,
+        source="/data/cifar10-jpeg.tar.gz",
+        verified=True,
+        verification="sha256 of cifar10-jpeg.tar.gz",
     )
+    fileio.write_json(results / "eda.json", reports.eda_summary(dataset))
+    cat, dog = config.CLASS_NAMES.index("cat"), config.CLASS_NAMES.index("dog")
+    predicted = test_labels.copy()
+    predicted[np.flatnonzero(test_labels == cat)[:132]] = dog
+    predicted[np.flatnonzero(test_labels == dog)[:100]] = cat  # 232 of 2,000 mixed up
+    probabilities = np.full((10_000, 10), 0.1 / 9)
+    probabilities[np.arange(10_000), predicted] = 0.9
+    best = reports.Run(
+        results / "finetune",
+        _metrics("finetune", ACCURACIES["finetune"]),
+        history,
+        test_labels,
+        probabilities,
+    )
+    fileio.write_json(results / "error_analysis.json", reports.error_analysis(best))
     # Two of the figures; the reliability diagram is missing, which the deck must survive.
     figures.mkdir(parents=True)
     for name in ("sample_grid.png", "best_confusion_matrix.png"):
@@ -114,7 +126,7 @@ def test_main_builds_one_pdf_page_per_slide(fake_outputs, tmp_path, monkeypatch)
     monkeypatch.setattr(config, "IMAGES_DIR", figures.parent)
     out = tmp_path / "deck" / "slides.pdf"
 
-    assert slides.main(["--profile", PROFILE, "--out", str(out)]) == 0
+    assert cli.main(["presentation", "--profile", PROFILE, "--out", str(out)]) == 0
 
     data = out.read_bytes()
     assert data.startswith(b"%PDF")
@@ -136,7 +148,7 @@ def test_slides_are_readable_on_the_page_and_use_the_results(fake_outputs):
         assert drawn.x1 <= 13.333 and drawn.y1 <= 7.5, figure.texts[0].get_text()
         pages.append(" ".join(text.get_text() for text in _texts(figure)))
     assert "87.7% test accuracy" in pages[0] and "61.2%" in pages[0]
-    assert "cat ↔ dog: 231 (11.6%)" in pages[7]
+    assert "cat ↔ dog: 232 (11.6%)" in pages[7]
     assert "profile quick" in pages[4] and "code abc1234" in pages[4]
     assert "No GPU run yet" in pages[9]
 
@@ -158,6 +170,19 @@ def test_missing_summary_names_the_file_and_the_command(fake_outputs, tmp_path):
 
 def test_main_prints_an_error_and_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(config, "RESULTS_DIR", tmp_path)
-    assert slides.main(["--profile", PROFILE, "--out", str(tmp_path / "deck.pdf")]) == 2
+    out = tmp_path / "deck.pdf"
+    assert cli.main(["presentation", "--profile", PROFILE, "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "summary.json" in error
+
+
+@pytest.mark.parametrize("slide", [slides.comparison_slide, slides.curves_slide])
+def test_charts_are_placed_no_smaller_than_plots_drew_them(fake_outputs, slide):
+    """plots.py draws them in slide type sizes (>= 18 pt): shrunk, their text would be less."""
+    figure = Figure(figsize=(slides.WIDTH, slides.HEIGHT))
+    slide(figure, slides.load_deck(PROFILE, *fake_outputs))
+    [image] = figure.findobj(AxesImage)
+    height, width = image.get_array().shape[:2]
+    box = image.axes.get_position()  # the image fills its box's width or height
+    shown = min(box.width * slides.WIDTH / width, box.height * slides.HEIGHT / height)
+    assert shown * plots.DPI >= 0.99

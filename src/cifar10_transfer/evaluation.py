@@ -15,6 +15,14 @@ from cifar10_transfer.config import CLASS_NAMES, NUM_CLASSES
 EPSILON = 1e-7  # probability clip for the log loss: a confident mistake costs ~16 nats, not inf
 
 
+def percent(fraction, digits: int = 1) -> str:
+    """A fraction such as an accuracy as "79.7%"; "–" when missing (None or NaN).
+
+    The one format of figures, slides, the results table and the model card.
+    """
+    return "–" if fraction is None or pd.isna(fraction) else f"{100 * fraction:.{digits}f}%"
+
+
 def check_labels(labels, name: str, num_classes: int) -> np.ndarray:
     """``labels`` as a non-empty 1-D integer array of class indices, else ValueError."""
     labels = np.asarray(labels)

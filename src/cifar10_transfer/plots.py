@@ -3,7 +3,10 @@
 Every function draws one figure, saves it as a PNG (default under ``config.IMAGES_DIR``,
 ``path`` overrides) and returns the Figure. The figure is already closed in pyplot, so
 loops don't pile up open figures and a notebook shows it once: make it the cell's value
-or call ``display(fig)``.
+or call ``display(fig)``. Every function also takes ``style`` (default ``STYLE``). The slide
+deck places these PNGs and takes its colours from here; its two charts are drawn by
+``training_curves`` and ``comparison_bars`` at their size on the slide (``size``) in slide
+type sizes (``style=SLIDE_STYLE``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
-from cifar10_transfer import config  # noqa: E402
-from cifar10_transfer.evaluation import check_labels, normalize_rows  # noqa: E402
+from cifar10_transfer import config, fileio  # noqa: E402
+from cifar10_transfer.evaluation import check_labels, normalize_rows, percent  # noqa: E402
 
 DPI = 150
 # Sizes chosen for a ~9 in wide figure shown at notebook width or on a slide.
@@ -45,36 +48,48 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
+# A chart drawn at the size of its place on a 13.3 x 7.5 in slide: no text below 18 pt.
+SLIDE_STYLE = {
+    **STYLE,
+    **dict.fromkeys(("font.size", "axes.labelsize", "xtick.labelsize", "ytick.labelsize"), 18),
+    **dict.fromkeys(("legend.fontsize", "legend.title_fontsize"), 18),
+    **dict.fromkeys(("axes.titlesize", "figure.titlesize"), 20),
+}
+# The palette of the figures and of the slide deck (its titles, rules, footers and boxes).
 TRAIN_COLOR, VALIDATION_COLOR = "#1f77b4", "#ff7f0e"
 CHANNEL_COLORS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4"}
+TITLE_COLOR, ACCENT_COLOR, MUTED_COLOR, PANEL_COLOR = "#1f3b57", "#c0504d", "#666666", "#eef3f8"
+OURS_COLOR, PRIOR_COLOR = "#2e6f9e", "#b5b5b5"  # our runs against literature figures
 
 
 def _styled(function):
-    """Draw under STYLE without touching the caller's global rcParams."""
+    """Draw under ``style`` (default STYLE) without touching the caller's global rcParams."""
 
     @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        with plt.rc_context(STYLE):
+    def wrapper(*args, style=STYLE, **kwargs):
+        with plt.rc_context(style):
             return function(*args, **kwargs)
 
     return wrapper
 
 
 def _save(figure, path, default_name: str):
-    """Write ``figure`` atomically as PNG (temp file in the same folder, then os.replace),
-    close it in pyplot and return it."""
+    """Write ``figure`` as PNG through ``fileio.atomic_path``, close it in pyplot, return it."""
     path = Path(path) if path is not None else config.IMAGES_DIR / default_name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open() (not mkstemp, which makes files 0600) so the PNG gets the usual umask mode.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with fileio.atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     plt.close(figure)
     return figure
+
+
+def _fitted_legend(figure, columns, **kwargs):
+    """``figure.legend`` with the first of ``columns`` (numbers of columns) that fits the
+    figure's width, else the last: in slide type sizes a row of labels can outgrow it."""
+    for ncols in columns:
+        legend = figure.legend(ncols=ncols, **kwargs)
+        if ncols == columns[-1] or legend.get_window_extent().width <= figure.bbox.width:
+            return legend
+        legend.remove()
 
 
 def _check_images(images, name: str = "images") -> np.ndarray:
@@ -241,7 +256,12 @@ def augmentation_examples(images, augment, n_variants: int = 5, path=None):
 
 @_styled
 def training_curves(
-    history, stage_boundary: int | None = None, learning_rate=None, title=None, path=None
+    history,
+    stage_boundary: int | None = None,
+    learning_rate=None,
+    title=None,
+    path=None,
+    size=(10.5, 4.6),
 ):
     """Loss and accuracy per epoch, training vs validation.
 
@@ -249,6 +269,8 @@ def training_curves(
     ``accuracy`` and optionally ``val_loss``, ``val_accuracy``, ``learning_rate``.
     ``stage_boundary``: number of head-only epochs; a line marks where fine-tuning starts.
     ``learning_rate``: per-epoch values, overriding the history's; drawn on a log axis.
+    ``title``: default "Training history"; "" for none (a slide has its own).
+    ``size``: (width, height) in inches.
     """
     table = pd.DataFrame(getattr(history, "history", history))
     missing = {"loss", "accuracy"} - set(table.columns)
@@ -269,7 +291,7 @@ def training_curves(
         )
     epochs = np.arange(1, len(table) + 1)
 
-    figure, axes = plt.subplots(1, 2, figsize=(10.5, 4.6), layout="constrained")
+    figure, axes = plt.subplots(1, 2, figsize=size, layout="constrained")
     for axis, metric, label in zip(
         axes, ("loss", "accuracy"), ("Loss (cross-entropy)", "Accuracy"), strict=True
     ):
@@ -318,8 +340,16 @@ def training_curves(
         rate_axis.set_ylabel("Learning rate (log)", color="0.35")
         handles.append(rate_line)
         labels.append("learning rate")
-    figure.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False)
-    figure.suptitle(title or "Training history")
+    _fitted_legend(
+        figure,
+        (len(handles), -(-len(handles) // 2)),  # one row, else two
+        handles=handles,
+        labels=labels,
+        loc="outside lower center",
+        frameon=False,
+    )
+    if title != "":
+        figure.suptitle(title or "Training history")
     return _save(figure, path, "training_curves.png")
 
 
@@ -403,11 +433,11 @@ def per_class_accuracy_bars(per_class: dict, title=None, path=None):
     mean = float(np.nanmean(values))
     figure, axis = plt.subplots(figsize=(9, 0.45 * len(names) + 1.6), layout="constrained")
     bars = axis.barh(names, values, color=TRAIN_COLOR, height=0.7)
-    axis.axvline(mean, color="0.2", linestyle="--", linewidth=1.4, label=f"mean {mean:.1%}")
+    axis.axvline(mean, color="0.2", linestyle="--", linewidth=1.4, label=f"mean {percent(mean)}")
     # White boxes keep the values readable where the mean line runs behind them.
     axis.bar_label(
         bars,
-        labels=[f"{value:.1%}" for value in values],
+        labels=[percent(value) for value in values],
         padding=4,
         fontsize=11,
         bbox={"facecolor": "white", "edgecolor": "none", "pad": 2},
@@ -497,7 +527,7 @@ def reliability_diagram(reliability_df: pd.DataFrame, ece: float, title=None, pa
     axis.set_ylim(0, 1)
     axis.set_ylabel("Accuracy")
     axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
-    axis.set_title(title or f"Reliability diagram (ECE = {ece:.1%})")
+    axis.set_title(title or f"Reliability diagram (ECE = {percent(ece)})")
     axis.legend(loc="upper left", frameon=False)
 
     count_axis.bar(
@@ -519,47 +549,82 @@ def reliability_diagram(reliability_df: pd.DataFrame, ece: float, title=None, pa
 
 
 @_styled
-def comparison_bars(results: dict, prior_work=config.PRIOR_WORK, title=None, path=None):
-    """Our test accuracies (name -> fraction) as bars, prior write-ups as reference lines."""
+def comparison_bars(
+    results: dict,
+    prior_work=config.PRIOR_WORK,
+    title=None,
+    path=None,
+    size=None,
+    prior_as: str = "lines",
+):
+    """Our test accuracies (name -> fraction) as bars against the prior write-ups' figures.
+
+    ``prior_as``: "lines", reference lines across our bars (notebook 05); "bars", grey bars
+    below ours with every value beside its bar (the slide deck: one row per figure reads
+    at a distance, where five lines and their legend would not).
+    ``title``: default "Test accuracy: our experiments vs prior work"; "" for none.
+    ``size``: (width, height) in inches; default 10 wide, 0.6 in per bar.
+    """
     if not results or not all(np.isscalar(value) for value in results.values()):
         raise ValueError(
             "results must be a non-empty dict mapping experiment name -> accuracy fraction"
         )
+    if prior_as not in ("lines", "bars"):
+        raise ValueError(f"prior_as must be 'lines' or 'bars', got {prior_as!r}")
     names = list(results)
     values = np.array([results[name] for name in names], dtype=float)
-    figure, axis = plt.subplots(figsize=(10, 0.6 * len(names) + 3.2), layout="constrained")
-    bars = axis.barh(names, values, color=sns.color_palette("crest", len(names)), height=0.6)
-    # Values sit in the middle of the bar, clear of the reference lines near the bar ends;
-    # a bar too short to hold its label gets it just outside.
-    for bar, value in zip(bars, values, strict=True):
-        inside = value >= 0.2
-        axis.text(
-            value / 2 if inside else value + 0.01,
-            bar.get_y() + bar.get_height() / 2,
-            f"{value:.1%}",
-            ha="center" if inside else "left",
-            va="center",
-            color="white" if inside else "0.15",
-            fontsize=12,
-            fontweight="bold",
-        )
-    line_styles = ["--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
-    palette = sns.color_palette("dark", len(prior_work))
-    for index, (name, value) in enumerate(sorted(prior_work.items(), key=lambda item: item[1])):
-        axis.axvline(
-            value,
-            color=palette[index],
-            linestyle=line_styles[index % len(line_styles)],
-            linewidth=1.8,
-            label=f"{value:.1%}  {name}",
-        )
+    size = size or (10, 0.6 * len(names) + 3.2)
+    figure, axis = plt.subplots(figsize=size, layout="constrained")
+    if prior_as == "bars":
+        names += list(prior_work)
+        values = np.append(values, list(prior_work.values()))
+        colors = [OURS_COLOR] * len(results) + [PRIOR_COLOR] * len(prior_work)
+        bars = axis.barh(names, values, color=colors, height=0.7)
+        axis.bar_label(bars, labels=[percent(value) for value in values], padding=4)
+        axis.set_xlim(0, 1.12)  # room for the labels right of the bars
+        axis.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+        handles = [Patch(color=OURS_COLOR, label="our runs")]
+        if prior_work:
+            handles.append(Patch(color=PRIOR_COLOR, label="prior work (literature figures)"))
+        figure.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    else:
+        bars = axis.barh(names, values, color=sns.color_palette("crest", len(names)), height=0.6)
+        # Values sit in the middle of the bar, clear of the reference lines near the bar ends;
+        # a bar too short to hold its label gets it just outside.
+        for bar, value in zip(bars, values, strict=True):
+            inside = value >= 0.2
+            axis.text(
+                value / 2 if inside else value + 0.01,
+                bar.get_y() + bar.get_height() / 2,
+                percent(value),
+                ha="center" if inside else "left",
+                va="center",
+                color="white" if inside else "0.15",
+                fontweight="bold",
+            )
+        line_styles = ["--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+        palette = sns.color_palette("dark", len(prior_work))
+        ranked = sorted(prior_work.items(), key=lambda item: item[1])
+        for index, (name, value) in enumerate(ranked):
+            axis.axvline(
+                value,
+                color=palette[index],
+                linestyle=line_styles[index % len(line_styles)],
+                linewidth=1.8,
+                label=f"{percent(value)}  {name}",
+            )
+        axis.set_xlim(0, 1)
+        if prior_work:
+            _fitted_legend(
+                figure,
+                (2, 1),
+                title="Prior work (reference lines)",
+                loc="outside lower center",
+                frameon=False,
+            )
     axis.invert_yaxis()  # first experiment on top
-    axis.set_xlim(0, 1)
     axis.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     axis.set_xlabel("CIFAR-10 test accuracy")
-    axis.set_title(title or "Test accuracy: our experiments vs prior work")
-    if prior_work:
-        figure.legend(
-            title="Prior work (reference lines)", loc="outside lower center", ncols=2, frameon=False
-        )
+    if title != "":
+        axis.set_title(title or "Test accuracy: our experiments vs prior work")
     return _save(figure, path, "comparison.png")

@@ -1,17 +1,19 @@
 """The slide deck: ``results/<profile>/`` and ``images/<profile>/`` -> one 16:9 PDF.
 
-``make presentation`` runs ``python -m cifar10_transfer.slides --profile quick``. Each slide
-is a matplotlib Figure written with PdfPages. Every number on a slide is read from the
-results files (prior work from ``config.PRIOR_WORK``, labelled as literature) and every
-footer names the run it came from. The charts are redrawn at slide size from the same
-files, so their text stays readable; image figures are embedded as PNGs. No Keras import.
+``cifar10-transfer presentation --profile quick`` (``make presentation``) writes it. Each
+slide is a matplotlib Figure written with PdfPages. Every number on a slide is read from the
+results files (``eda.json`` as ``reports.eda_summary`` and ``error_analysis.json`` as
+``reports.error_analysis`` define them; prior work from ``config.PRIOR_WORK``, labelled as
+literature) and every footer names the run it came from. The figures are plots.py's: the
+notebooks' PNGs from ``images/<profile>/`` as they are, and the two charts drawn by plots.py
+at the size of their place in slide type sizes, so their text reads like the slide's. The
+colours are plots.py's too. No Keras import.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +24,17 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.textpath import TextToPath
-from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from cifar10_transfer import config, fileio
+from cifar10_transfer import config, fileio, plots, reports
+from cifar10_transfer.evaluation import percent
 
 WIDTH, HEIGHT = 13.333, 7.5  # in, 16:9
 MARGIN = 0.6  # in, left and right
 CONTENT_TOP = HEIGHT - 1.35  # in, below the title and its rule
+FOOTER_TOP = 0.65  # in, above the provenance line
 TITLE_SIZE, BODY_SIZE, MIN_SIZE = 32, 21, 18  # pt; MIN_SIZE is the floor for any text
-DARK, ACCENT, OURS, PRIOR, MUTED = "#1f3b57", "#c0504d", "#2e6f9e", "#b5b5b5", "#666666"
-TRAIN_COLOR, VALIDATION_COLOR = "#1f77b4", "#ff7f0e"
 MEASURE = TextToPath()  # text widths for wrapping, without a renderer
 SCHEDULES = {
     "plateau": "ReduceLROnPlateau",
@@ -133,10 +134,6 @@ def load_deck(profile: str = "quick", results_dir=None, figures_dir=None) -> Dec
 # Positions are in inches from the bottom-left corner (figure.dpi_scale_trans).
 
 
-def _percent(value) -> str:
-    return "–" if value is None or pd.isna(value) else f"{100 * value:.1f}%"
-
-
 def _text(figure: Figure, x: float, y: float, text: str, size: float = BODY_SIZE, **kwargs):
     return figure.text(x, y, text, fontsize=size, transform=figure.dpi_scale_trans, **kwargs)
 
@@ -188,7 +185,7 @@ def _bullets(
     indent = 0.45 * size / 20
     y = top
     for item in items:
-        _text(figure, left, y, "•", size, va="top", color=ACCENT, weight="bold")
+        _text(figure, left, y, "•", size, va="top", color=plots.ACCENT_COLOR, weight="bold")
         y = _lines(figure, item, left + indent, y, width - indent, size) - 0.5 * size / 72
     return y
 
@@ -203,11 +200,19 @@ def _image(figure: Figure, path: Path, left: float, bottom: float, width: float,
     return True
 
 
-def _chart_axis(figure: Figure, left: float, bottom: float, width: float, height: float):
-    axis = figure.add_axes([left / WIDTH, bottom / HEIGHT, width / WIDTH, height / HEIGHT])
-    axis.tick_params(labelsize=MIN_SIZE)
-    axis.spines[["top", "right"]].set_visible(False)
-    return axis
+def _chart(figure: Figure, draw, left: float, bottom: float, width: float, height: float, **kw):
+    """A plots.py chart drawn at the box's size in slide type sizes, placed in the box.
+
+    The notebooks' PNGs are drawn for a page width; placed on a slide their text would
+    shrink to ~10 pt.
+    """
+    # The PNG is cropped to what is drawn plus this padding all round (bbox_inches="tight").
+    pad = matplotlib.rcParams["savefig.pad_inches"]
+    size = (width - 2 * pad, height - 2 * pad)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "chart.png"
+        draw(**kw, title="", size=size, style=plots.SLIDE_STYLE, path=path)
+        _image(figure, path, left, bottom, width, height)
 
 
 # ---------------------------------------------------------------- slides
@@ -219,13 +224,13 @@ def title_slide(figure: Figure, deck: Deck) -> None:
         figure,
         MARGIN,
         4.6,
-        f"{_percent(best.test_accuracy)} test accuracy",
+        f"{percent(best.test_accuracy)} test accuracy",
         60,
-        color=OURS,
+        color=plots.OURS_COLOR,
         weight="bold",
     )
     against = (
-        f"against {_percent(baseline.test_accuracy)} for the seed CNN trained from scratch"
+        f"against {percent(baseline.test_accuracy)} for the seed CNN trained from scratch"
         if baseline is not None
         else "(no seed-CNN run in this profile to compare with)"
     )
@@ -238,7 +243,7 @@ def title_slide(figure: Figure, deck: Deck) -> None:
         y - 0.3,
         WIDTH - 2 * MARGIN,
         22,
-        color=MUTED,
+        color=plots.MUTED_COLOR,
     )
 
 
@@ -251,8 +256,8 @@ def problem_slide(figure: Figure, deck: Deck) -> None:
         [
             f"Label a {deck.image_size} colour photo with one of {len(classes)} classes: "
             f"{', '.join(classes)}.",
-            f"Earlier write-ups (literature figures, not our runs) range from {_percent(low)} "
-            f"for the {low_name} to {_percent(high)} for {high_name}.",
+            f"Earlier write-ups (literature figures, not our runs) range from {percent(low)} "
+            f"for the {low_name} to {percent(high)} for {high_name}.",
             "Question: how much does an ImageNet-pretrained backbone add over a CNN trained "
             "from scratch on the same images, and at what compute cost?",
             "Deliverable: one command from raw data to every table, figure, the demo model "
@@ -338,12 +343,21 @@ def method_slide(figure: Figure, deck: Deck) -> None:
                 top - bottom,
                 boxstyle="round,pad=0,rounding_size=0.15",
                 transform=figure.dpi_scale_trans,
-                facecolor="#eef3f8",
-                edgecolor=OURS,
+                facecolor=plots.PANEL_COLOR,
+                edgecolor=plots.OURS_COLOR,
                 linewidth=2,
             )
         )
-        _text(figure, left + 0.2, top - 0.2, title, 24, va="top", weight="bold", color=DARK)
+        _text(
+            figure,
+            left + 0.2,
+            top - 0.2,
+            title,
+            24,
+            va="top",
+            weight="bold",
+            color=plots.TITLE_COLOR,
+        )
         _bullets(figure, lines, left + 0.2, top - 0.85, box_width - 0.35, MIN_SIZE)
         if index:
             figure.add_artist(
@@ -353,7 +367,7 @@ def method_slide(figure: Figure, deck: Deck) -> None:
                     transform=figure.dpi_scale_trans,
                     arrowstyle="-|>",
                     mutation_scale=30,
-                    color=ACCENT,
+                    color=plots.ACCENT_COLOR,
                     linewidth=3,
                 )
             )
@@ -386,8 +400,8 @@ def results_slide(figure: Figure, deck: Deck) -> None:
         (
             row.model,
             [
-                _percent(row.test_accuracy),
-                _percent(row.tta_test_accuracy),
+                percent(row.test_accuracy),
+                percent(row.tta_test_accuracy),
                 "–" if pd.isna(row.ece) else f"{row.ece:.3f}",
                 f"{row.image_size} px",
                 f"{row.train_size:,}",
@@ -398,11 +412,11 @@ def results_slide(figure: Figure, deck: Deck) -> None:
         for row in deck.runs.itertuples()
     ]
     prior = [
-        (name, [_percent(value)] + ["–"] * 5, False) for name, value in config.PRIOR_WORK.items()
+        (name, [percent(value)] + ["–"] * 5, False) for name, value in config.PRIOR_WORK.items()
     ]
     sections = [
-        (f"Our runs (profile {deck.profile})", rows, OURS),
-        ("Prior work: literature figures, not our runs", prior, MUTED),
+        (f"Our runs (profile {deck.profile})", rows, plots.OURS_COLOR),
+        ("Prior work: literature figures, not our runs", prior, plots.MUTED_COLOR),
     ]
     row_height = min(0.42, (CONTENT_TOP - 1.6) / (len(rows) + len(prior) + 2))
     for header, right in columns:
@@ -420,44 +434,26 @@ def results_slide(figure: Figure, deck: Deck) -> None:
 
 
 def comparison_slide(figure: Figure, deck: Deck) -> None:
-    names = list(deck.runs["model"]) + list(config.PRIOR_WORK)
-    values = list(deck.runs["test_accuracy"]) + list(config.PRIOR_WORK.values())
-    colors = [OURS] * len(deck.runs) + [PRIOR] * len(config.PRIOR_WORK)
-    axis = _chart_axis(figure, 5.7, 1.5, 6.6, CONTENT_TOP - 1.6)
-    bars = axis.barh(range(len(names)), values, color=colors, height=0.7)
-    for bar, value in zip(bars, values, strict=True):
-        axis.text(
-            value + 0.01,
-            bar.get_y() + bar.get_height() / 2,
-            _percent(value),
-            va="center",
-            fontsize=MIN_SIZE,
-        )
-    axis.set_yticks(range(len(names)), names)
-    axis.invert_yaxis()  # our runs first, on top
-    axis.set_xlim(0, 1.12)  # room for the value labels right of the bars
-    axis.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
-    axis.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
-    axis.legend(
-        handles=[
-            Patch(color=OURS, label=f"our runs (profile {deck.profile})"),
-            Patch(color=PRIOR, label="prior work (literature figures)"),
-        ],
-        loc="upper center",
-        bbox_to_anchor=(0.5 - 2.9 / 6.6, -0.09),
-        ncols=2,
-        frameon=False,
-        fontsize=MIN_SIZE,
+    results = dict(zip(deck.runs["model"], deck.runs["test_accuracy"], strict=True))
+    width, height = WIDTH - 2 * MARGIN, CONTENT_TOP - FOOTER_TOP
+    _chart(
+        figure,
+        plots.comparison_bars,
+        MARGIN,
+        FOOTER_TOP,
+        width,
+        height,
+        results=results,
+        prior_as="bars",
     )
 
 
 def curves_slide(figure: Figure, deck: Deck) -> None:
     history = deck.history
-    epochs = history["epoch"]
-    head_epochs = int((history["stage"] == "head").sum()) if "stage" in history else 0
-    tuning = history[history["stage"] != "head"] if head_epochs else history
+    head_epochs = reports.stage_boundary(history)
     label = deck.run(deck.curves_experiment).model
-    if 0 < head_epochs < len(history):
+    if head_epochs:
+        tuning = history[history["stage"] != "head"]
         story = (
             f"{label}: {_plural(head_epochs, 'head epoch')} on cached features, then "
             f"{_plural(len(tuning), 'fine-tuning epoch')}, learning rate "
@@ -465,31 +461,17 @@ def curves_slide(figure: Figure, deck: Deck) -> None:
         )
     else:
         story = f"{label}: {_plural(len(history), 'epoch')}."
-    _lines(figure, story, MARGIN, CONTENT_TOP, WIDTH - 2 * MARGIN, 20)
-    panels = [("accuracy", "accuracy per epoch"), ("loss", "loss per epoch")]
-    for index, (column, title) in enumerate(panels):
-        axis = _chart_axis(figure, 1.75 + index * 6.0, 1.8, 4.75, CONTENT_TOP - 3.15)
-        axis.plot(epochs, history[column], "o-", color=TRAIN_COLOR, label="training")
-        axis.plot(
-            epochs, history[f"val_{column}"], "o-", color=VALIDATION_COLOR, label="validation"
-        )
-        if 0 < head_epochs < len(history):
-            axis.axvspan(epochs.iloc[0] - 0.5, head_epochs + 0.5, color="0.9", label="head only")
-            axis.axvline(head_epochs + 0.5, color="0.3", linestyle="--", label="fine-tuning starts")
-        axis.set_title(title, fontsize=20, weight="bold")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.yaxis.set_major_locator(MaxNLocator(5))
-        if column == "accuracy":
-            axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
-    handles, labels = axis.get_legend_handles_labels()
-    figure.legend(
-        handles,
-        labels,
-        loc="lower center",
-        bbox_to_anchor=(0.5, 0.085),
-        ncols=4,
-        frameon=False,
-        fontsize=MIN_SIZE,
+    top = _lines(figure, story, MARGIN, CONTENT_TOP, WIDTH - 2 * MARGIN, 20) - 0.15
+    _chart(
+        figure,
+        plots.training_curves,
+        MARGIN,
+        FOOTER_TOP,
+        WIDTH - 2 * MARGIN,
+        top - FOOTER_TOP,
+        # The story line gives the learning rates; a third axis would crowd the slide.
+        history=history.drop(columns="learning_rate", errors="ignore"),
+        stage_boundary=head_epochs,
     )
 
 
@@ -506,11 +488,11 @@ def errors_slide(figure: Figure, deck: Deck) -> None:
         y,
         width,
         MIN_SIZE,
-        color=MUTED,
+        color=plots.MUTED_COLOR,
     )
     items = [
         f"{pair['class_a']} ↔ {pair['class_b']}: {pair['count']:,} "
-        f"({_percent(pair['share_of_true'])})"
+        f"({percent(pair['share_of_true'])})"
         for pair in deck.errors["most_confused_pairs"]
     ]
     y = _bullets(figure, items or ["no mistakes"], left, y - 0.15, width, 20)
@@ -519,7 +501,7 @@ def errors_slide(figure: Figure, deck: Deck) -> None:
         ranked = sorted(per_class.items(), key=lambda item: item[1])
 
         def listed(pairs) -> str:
-            return ", ".join(f"{name} {_percent(value)}" for name, value in pairs)
+            return ", ".join(f"{name} {percent(value)}" for name, value in pairs)
 
         y = _lines(figure, "Per-class test accuracy", left, y - 0.15, width, 20, weight="bold")
         _bullets(
@@ -548,8 +530,8 @@ def calibration_slide(figure: Figure, deck: Deck) -> None:
         items.append(f"Trained with label smoothing {smoothing:g}, which tempers over-confidence.")
     if not pd.isna(errors.get("tta_test_accuracy")):
         items.append(
-            f"Flip test-time augmentation: {_percent(errors['tta_test_accuracy'])} vs "
-            f"{_percent(errors['test_accuracy'])} without."
+            f"Flip test-time augmentation: {percent(errors['tta_test_accuracy'])} vs "
+            f"{percent(errors['test_accuracy'])} without."
         )
     _bullets(figure, items, left, CONTENT_TOP, WIDTH - MARGIN - left, 20)
 
@@ -586,7 +568,7 @@ def limitations_slide(figure: Figure, deck: Deck) -> None:
         )
     items.append(
         f"One seed, one run per model: with {best.test_size:,} test images, "
-        f"{_percent(best.test_accuracy)} has a 95% interval of ±{100 * error:.1f} points."
+        f"{percent(best.test_accuracy)} has a 95% interval of ±{100 * error:.1f} points."
     )
     _bullets(figure, items, MARGIN, CONTENT_TOP, WIDTH - 2 * MARGIN)
 
@@ -635,24 +617,33 @@ def render_slides(deck: Deck) -> Iterator[Figure]:
     """One Figure per slide: title, rule, content, provenance footer and page number."""
     for number, (title, draw) in enumerate(SLIDES, start=1):
         figure = Figure(figsize=(WIDTH, HEIGHT))
-        _text(figure, MARGIN, HEIGHT - 0.45, title, TITLE_SIZE, va="top", weight="bold", color=DARK)
+        _text(
+            figure,
+            MARGIN,
+            HEIGHT - 0.45,
+            title,
+            TITLE_SIZE,
+            va="top",
+            weight="bold",
+            color=plots.TITLE_COLOR,
+        )
         figure.add_artist(
             Line2D(
                 [MARGIN, WIDTH - MARGIN],
                 [HEIGHT - 1.1] * 2,
                 transform=figure.dpi_scale_trans,
-                color=ACCENT,
+                color=plots.ACCENT_COLOR,
                 linewidth=2,
             )
         )
-        _text(figure, MARGIN, 0.25, deck.provenance, MIN_SIZE, color=MUTED)
+        _text(figure, MARGIN, 0.25, deck.provenance, MIN_SIZE, color=plots.MUTED_COLOR)
         _text(
             figure,
             WIDTH - MARGIN,
             0.25,
             f"{number}/{len(SLIDES)}",
             MIN_SIZE,
-            color=MUTED,
+            color=plots.MUTED_COLOR,
             ha="right",
         )
         draw(figure, deck)
@@ -669,25 +660,3 @@ def build_deck(profile: str = "quick", results_dir=None, figures_dir=None, out=N
         for figure in render_slides(deck):
             pdf.savefig(figure)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cifar10_transfer.slides",
-        description="Build the PDF slide deck from results/<profile>/ and images/<profile>/.",
-    )
-    parser.add_argument("--profile", default="quick", choices=sorted(config.PROFILES))
-    parser.add_argument(
-        "--out", type=Path, help="PDF path (default: presentation/cifar10-transfer-<profile>.pdf)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        print(build_deck(args.profile, out=args.out))
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
