@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 
 PROFILE ?= quick
 BACKBONE ?=
+WEIGHTS ?=
+PRECISION ?=
 DATA ?=
 
 .PHONY: venv test lint reproduce bench presentation demo screenshot clean
@@ -16,6 +18,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
+# GPU=1: also the CUDA builds of requirements-gpu.txt (own stamp, so turning GPU on later
+# installs them); GPU=0: CPU builds only; unset: on where nvidia-smi is on PATH. GPU=0 leaves
+# CUDA builds installed before in place (they fall back to the CPU); make clean removes them.
+GPU ?= $(if $(shell command -v nvidia-smi 2>/dev/null),1,0)
+GPU_STAMP := $(VENV)/.installed-gpu
+
+$(GPU_STAMP): $(STAMP) requirements-gpu.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-gpu.txt
+	@touch $(GPU_STAMP)
+
+# What every target below installs first.
+INSTALLED := $(STAMP) $(if $(filter 1,$(GPU)),$(GPU_STAMP))
+
 BENCH_STAMP := $(VENV)/.installed-bench
 
 # PyTorch, for the plain-PyTorch reference in benchmarks/ only (CPU build for Python 3.11 here).
@@ -25,9 +40,9 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
 
 # CI also installs the benchmark requirements, so the PyTorch reference is tested there;
 # locally `make bench` installs them (a CUDA build of torch is several GB elsewhere).
-TEST_DEPS := $(STAMP) $(if $(filter true,$(CI)),$(BENCH_STAMP))
+TEST_DEPS := $(INSTALLED) $(if $(filter true,$(CI)),$(BENCH_STAMP))
 
-venv: $(STAMP)
+venv: $(INSTALLED)
 
 lint: $(TEST_DEPS)
 	$(PY) -m ruff check src tests benchmarks
@@ -36,30 +51,33 @@ lint: $(TEST_DEPS)
 test: lint
 	$(PY) -m pytest
 
-# make reproduce [PROFILE=quick] [BACKBONE=...] [DATA=...]: notebooks 01-05, then the results table.
-reproduce: $(STAMP)
+# make reproduce [PROFILE=quick] [BACKBONE=...] [WEIGHTS=...] [PRECISION=...] [DATA=...]:
+# notebooks 01-05, then the results table.
+reproduce: $(INSTALLED)
 	$(PY) -m cifar10_transfer reproduce --profile $(PROFILE) \
-		$(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(DATA),--data $(DATA))
+		$(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+		$(if $(PRECISION),--precision $(PRECISION)) $(if $(DATA),--data $(DATA))
 
 # make bench: the CPU-sized benchmarks (throughput vs plain PyTorch, feature cache, time to
 # accuracy) and the generated table in benchmarks/README.md. GPU sizes: see benchmarks/README.md.
-bench: $(BENCH_STAMP)
+bench: $(INSTALLED) $(BENCH_STAMP)
 	$(PY) benchmarks/compare.py --image-size 96 --batch-size 16 --steps 10 --warmup 3
+	$(PY) benchmarks/backends.py --image-size 96 --batch-size 16 --steps 20 --warmup 3 --repeats 2
 	$(PY) benchmarks/feature_cache.py --image-size 64 --train-size 2000 --val-size 500 --test-size 500 --epochs 15
 	$(PY) benchmarks/time_to_accuracy.py --backbone efficientnet_lite0 --image-size 32 --batch-size 50 --train-size 1000 --val-size 200 --test-size 1000 --target 0.3 --max-epochs 2
 	$(PY) benchmarks/summarize.py
 
 # make presentation [PROFILE=quick]: the PDF deck from results/<profile>/ and images/<profile>/.
-presentation: $(STAMP)
-	$(PY) -m cifar10_transfer.slides --profile $(PROFILE)
+presentation: $(INSTALLED)
+	$(PY) -m cifar10_transfer presentation --profile $(PROFILE)
 
 RUN ?= runs/$(PROFILE)/finetune
 # make demo [RUN=...] [DATA=...]: export RUN to deploy/ and serve it on http://127.0.0.1:7860
-demo: $(STAMP)
+demo: $(INSTALLED)
 	$(PY) -m cifar10_transfer demo $(RUN) --out deploy $(if $(DATA),--data $(DATA))
 
 # Re-take images/demo.png with a real prediction of RUN in headless Chromium.
-screenshot: $(STAMP)
+screenshot: $(INSTALLED)
 	$(PY) tests/test_demo_e2e.py $(RUN) --data $(or $(DATA),../shared/data/cifar10-jpeg.tar.gz) --out images/demo.png
 
 clean:

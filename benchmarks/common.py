@@ -15,7 +15,6 @@ from pathlib import Path
 from cifar10_transfer import config, fileio
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 
 def weights_argument(text: str):
@@ -54,9 +53,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 256))
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=config.PRECISIONS,
         default="auto",
-        help="auto: mixed_bfloat16 on a GPU, float32 on a CPU",
+        help="auto: float32 on a CPU, mixed_float16 below compute capability 8.0, "
+        "mixed_bfloat16 from 8.0",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(

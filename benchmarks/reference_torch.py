@@ -3,7 +3,8 @@
 The same architecture (benchmarks/torch_lite0.py, or torchvision's resnet50), the same head
 (Dense 256, ReLU, dropout 0.5, 10 classes) and label smoothing, Adam, BatchNorm frozen in
 inference mode as in ours, channels-last, eager mode, bfloat16 autocast with
-``--precision mixed_bfloat16``. Two input feeds, each timed on its own:
+``--precision mixed_bfloat16``, float16 autocast with loss scaling with ``mixed_float16``.
+Two input feeds, each timed on its own:
 
 - ``float224``: float32 batches already at the image size on the host, copied per step (what a
   DataLoader of pre-resized images hands a hand-written loop);
@@ -129,24 +130,31 @@ def to_device(feed: str, batch: torch.Tensor, image_size: int, device: torch.dev
     return ((images - 127.5) / 128.0).contiguous(memory_format=torch.channels_last)
 
 
-def time_feed(feed: str, args, device: torch.device, bfloat16: bool) -> dict:
+AUTOCAST = {"float32": None, "mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}
+
+
+def time_feed(feed: str, args, device: torch.device, precision: str) -> dict:
     torch.manual_seed(args.seed)
     model = build_model(args.backbone, device)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE
     )
     batches = host_batches(feed, args.batch_size, args.image_size, device)
+    autocast = AUTOCAST[precision]
+    # float16's narrow range needs loss scaling, as Keras adds under mixed_float16.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast is torch.float16)
     step_ends = []
     for step in range(args.warmup + args.steps):
         batch, labels = batches[step % HOST_BATCHES]
         images = to_device(feed, batch, args.image_size, device)
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=LABEL_SMOOTHING)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         loss.item()  # waits for the step, as ours does when Keras reads the loss
         step_ends.append(time.perf_counter())
     timed = step_ends[args.warmup - 1 :]
@@ -168,11 +176,14 @@ def main(argv=None) -> None:
     load_before = os.getloadavg()[0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision
-    if precision == "auto":
-        precision = "mixed_bfloat16" if device.type == "cuda" else "float32"
+    if precision == "auto":  # the rule of training.auto_precision, without Keras
+        precision = "float32"
+        if device.type == "cuda":
+            bfloat16 = torch.cuda.get_device_capability(device) >= (8, 0)
+            precision = "mixed_bfloat16" if bfloat16 else "mixed_float16"
     build_backbone(args.backbone)  # fail early, before any timing, if it is unavailable
     feeds = FEEDS if args.feed == "both" else (args.feed,)
-    results = {feed: time_feed(feed, args, device, precision == "mixed_bfloat16") for feed in feeds}
+    results = {feed: time_feed(feed, args, device, precision) for feed in feeds}
     result = {
         "benchmark": "reference_torch",
         "framework": "torch",
@@ -181,7 +192,9 @@ def main(argv=None) -> None:
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "precision": precision,
-        "autocast": "bfloat16" if precision == "mixed_bfloat16" else None,
+        "autocast": str(AUTOCAST[precision]).removeprefix("torch.")
+        if AUTOCAST[precision]
+        else None,
         "steps": args.steps,
         "warmup": args.warmup,
         "mode": "eager, channels-last",

@@ -1,7 +1,9 @@
 """Write the latest benchmark figures from benchmarks/results/*.json into benchmarks/README.md.
 
-The tables go between the lines ``<!-- bench:start -->`` and ``<!-- bench:end -->``; every
-figure comes from a results file, never typed by hand.
+The tables go between the lines ``<!-- bench:start -->`` and ``<!-- bench:end -->``, and the
+memory table (benchmarks/memory.py) also between ``<!-- memory:start -->`` and
+``<!-- memory:end -->`` of the project README; every figure comes from a results file, never
+typed by hand.
 
     python benchmarks/summarize.py
 """
@@ -12,10 +14,10 @@ import argparse
 from pathlib import Path
 
 import common
+import pandas as pd
 
-from cifar10_transfer import fileio
+from cifar10_transfer import fileio, reports
 
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 README = Path(__file__).resolve().parent / "README.md"
 
 
@@ -48,6 +50,20 @@ def compare_row(r: dict) -> dict:
             number(ratio.get("uint8_upsample"), 2), number(ratio.get("float224"), 2)
         ),
         "Reference skipped": r["reference_skipped"] or "-",
+    }
+
+
+def backends_row(r: dict) -> dict:
+    speed, jit = r["images_per_second"], r["jit_compile"]
+    return {
+        "TensorFlow / JAX images/s": joined(number(speed["tensorflow"]), number(speed["jax"])),
+        "JAX / TensorFlow": number(r["ratio_jax_over_tensorflow"], 2),
+        "Goal": f">= {r['goal_ratio']}",
+        "Goal met": "yes" if r["goal_met"] else "no",
+        "Compiled (jit) TensorFlow / JAX": joined(
+            *("yes" if jit[backend] else "no" for backend in ("tensorflow", "jax"))
+        ),
+        "Runs each": str(r["repeats"]),
     }
 
 
@@ -105,11 +121,27 @@ def time_to_accuracy_row(r: dict) -> dict:
     }
 
 
+def memory_row(r: dict) -> dict:
+    steps = r["steps"]
+    return {
+        "Micro-batch x accumulation": joined(
+            *(f"{s['micro_batch_size']}x{s['gradient_accumulation_steps']}" for s in steps)
+        ),
+        "Estimated peak GiB": joined(*(number(s["peak_bytes"] / 2**30, 2) for s in steps)),
+        "Of which temporaries GiB": joined(*(number(s["temp_bytes"] / 2**30, 2) for s in steps)),
+        "Compile s": joined(*(number(s["compile_s"], 0) for s in steps)),
+    }
+
+
 # benchmark -> (title, its columns of one result)
 TABLES = {
     "compare": (
         "Training throughput, images/s: ours and the PyTorch reference, same invocation",
         compare_row,
+    ),
+    "backends": (
+        "Training throughput, images/s: JAX against TensorFlow, same code and invocation",
+        backends_row,
     ),
     "throughput": ("Training throughput, ours alone", throughput_row),
     "reference_torch": ("Training throughput, PyTorch reference alone", reference_row),
@@ -118,10 +150,18 @@ TABLES = {
         feature_cache_row,
     ),
     "time_to_accuracy": ("Time to a test accuracy, full fine-tuning", time_to_accuracy_row),
+    "memory": (
+        "Memory of one training step (fully unfrozen, Adam) per micro-batch: XLA's estimate "
+        "from compiling the JAX step (arguments + outputs - aliased + temporaries), not a GPU "
+        "measurement",
+        memory_row,
+    ),
 }
+# The project README's GPU section shows the memory table (benchmarks/memory.py) too.
+ROOT_README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def row(name: str, result: dict, columns) -> dict:
+def row(name: str, result: dict, columns, folder: str = "results") -> dict:
     return {
         "Backbone": result["backbone"],
         "Device": result["device"],
@@ -132,40 +172,60 @@ def row(name: str, result: dict, columns) -> dict:
         **columns(result),
         "Load before / after": load(result),
         "Date": result["timestamp"][:10],
-        "File": f"[json](results/{name})",
+        "File": f"[json]({folder}/{name})",
     }
 
 
-def table(benchmark: str, results: list[tuple[str, dict]]) -> str:
+def table(benchmark: str, results: list[tuple[str, dict]], folder: str = "results") -> str:
+    """``folder``: the results folder as the README holding the table links to it."""
     title, columns = TABLES[benchmark]
-    rows = [row(name, result, columns) for name, result in results]
-    headers = list(rows[0])
-    lines = [f"#### {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cells[header] for header in headers) + " |" for cells in rows]
-    return "\n".join(lines)
+    rows = pd.DataFrame([row(name, result, columns, folder) for name, result in results])
+    # disable_numparse: the cells are already formatted text; tabulate would reformat "96".
+    return f"#### {title}\n\n" + rows.to_markdown(index=False, disable_numparse=True)
 
 
-def summary(results_dir: Path) -> str:
+def results_by_benchmark(results_dir: Path) -> dict:
     by_benchmark = {}
     for path in sorted(results_dir.glob("*.json")):
         result = fileio.read_json(path)
         by_benchmark.setdefault(result.get("benchmark"), []).append((path.name, result))
+    return by_benchmark
+
+
+def summary(results_dir: Path) -> str:
+    by_benchmark = results_by_benchmark(results_dir)
     tables = [table(name, by_benchmark[name]) for name in TABLES if name in by_benchmark]
     return "\n\n".join(tables) if tables else f"No results in {results_dir} yet."
+
+
+def memory_summary(results_dir: Path) -> str:
+    """The memory table for the project README, linking to benchmarks/results/."""
+    results = results_by_benchmark(results_dir).get("memory")
+    if not results:
+        return f"No benchmarks/memory.py results in {results_dir} yet."
+    return table("memory", results, folder="benchmarks/results")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=common.RESULTS_DIR)
     parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument(
+        "--memory-readme",
+        type=Path,
+        default=None,
+        help="also write the memory table between its memory markers here (default: the "
+        "project README, only when --results is the committed benchmarks/results/)",
+    )
     args = parser.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"{args.readme} must hold one {START} line before one {END} line")
-    before, rest = text.split(START)
-    after = rest.split(END)[1]
-    fileio.write_text(args.readme, f"{before}{START}\n{summary(args.results)}\n{END}{after}")
+    reports.update_readme(summary(args.results), args.readme, marker="bench")
     print(f"wrote {args.readme}", flush=True)
+    memory_readme = args.memory_readme
+    if memory_readme is None and args.results.resolve() == common.RESULTS_DIR.resolve():
+        memory_readme = ROOT_README
+    if memory_readme is not None:
+        reports.update_readme(memory_summary(args.results), memory_readme, marker="memory")
+        print(f"wrote {memory_readme}", flush=True)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def main(argv=None) -> None:
         "input": "uint8 32x32 NumPy batches; augmentation and resizing inside the model",
         "trainable": "all (BatchNormalization frozen, inference mode)",
         "optimizer": "adam",
+        "jit_compile": model.jit_compile,  # what jit_compile="auto" resolved to
         "images_per_second": args.steps * args.batch_size / seconds,
         "step_time_median_ms": 1000 * timer.median_step_s(args.warmup),
         "first_step_s": timer.first_step_s(),

@@ -7,6 +7,7 @@ Timing goals live in benchmarks/, never here. Each script runs in a subprocess, 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,9 @@ def run_benchmark(script: str, *args, out: Path) -> dict:
     stored = json.loads(out.read_text())
     for field in FIELDS:
         assert field in stored, field
-    assert stored["command"].startswith("python ") and script in stored["command"]
+    # memory.py sets KERAS_BACKEND=jax itself, and the command records the backend it ran.
+    assert re.match(r"(KERAS_BACKEND=\w+ )?python ", stored["command"])
+    assert script in stored["command"]
     return stored
 
 
@@ -100,6 +103,41 @@ def test_compare_reports_the_ratio_or_why_the_reference_was_skipped(compared):
         assert numbers["images_per_second"] > 0
         ratio = result["ours_images_per_second"] / numbers["images_per_second"]
         assert result["ratio_ours_over_reference"][feed] == pytest.approx(ratio)
+
+
+@pytest.mark.slow
+def test_backends_reports_both_backends_and_their_ratio_in_a_table(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    result = run_benchmark(
+        "backends.py",
+        *TINY,
+        "--weights",
+        "none",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        out=results / "backends.json",
+    )
+    assert result["backend"] == "jax-vs-tensorflow" and result["order"] == ["tensorflow", "jax"]
+    for backend in ("tensorflow", "jax"):
+        (run,) = result["runs"][backend]
+        assert run["backend"] == backend and backend in result["versions"]
+        assert (run["batch_size"], run["image_size"], run["steps"]) == (4, 32, 2)
+        assert result["images_per_second"][backend] == run["images_per_second"] > 0
+    assert result["jit_compile"]["jax"] is True  # the augmenting model compiles on JAX
+    speed = result["images_per_second"]
+    ratio = result["ratio_jax_over_tensorflow"]
+    assert ratio == pytest.approx(speed["jax"] / speed["tensorflow"])
+    assert result["goal_met"] == (ratio >= result["goal_ratio"])
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- bench:start -->\n<!-- bench:end -->\n")
+    summarize = [sys.executable, str(BENCHMARKS / "summarize.py"), "--results", str(results)]
+    subprocess.run([*summarize, "--readme", str(readme)], check=True, capture_output=True)
+    text = readme.read_text()
+    assert "JAX against TensorFlow" in text and f" {ratio:,.2f} " in text
 
 
 @pytest.mark.slow
@@ -241,3 +279,55 @@ def test_time_to_accuracy_stops_at_the_target(real_data_path, tmp_path):
     assert result["time_to_target_s"] > 0 and result["compile_s"] >= 0
     assert result["time_to_target_s"] == result["epochs"][0]["training_s"]
     assert result["data"]["train_size"] == 40 and result["data"]["test_size"] == 20
+
+
+@pytest.mark.slow
+def test_memory_reports_xla_sizes_per_micro_batch_and_renders_a_table(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    result = run_benchmark(
+        "memory.py",
+        *TINY,
+        "--weights",
+        "none",
+        "--micro-batch-sizes",
+        "2",
+        "4",
+        out=results / "memory.json",
+    )
+    assert result["backend"] == "jax" and result["precision"] == "float32"
+    assert result["command"].startswith("KERAS_BACKEND=jax python ")
+    steps = result["steps"]
+    assert [(s["micro_batch_size"], s["gradient_accumulation_steps"]) for s in steps] == [
+        (2, 2),
+        (4, 1),
+    ]
+    for step in steps:
+        assert step["temp_bytes"] > 0 and step["compile_s"] > 0
+        assert step["peak_bytes"] == (
+            step["argument_bytes"] + step["output_bytes"] - step["alias_bytes"] + step["temp_bytes"]
+        )
+    # Accumulation keeps one float32 accumulator per trainable weight among the arguments.
+    assert steps[0]["argument_bytes"] > steps[1]["argument_bytes"]
+
+    readme, memory_readme = tmp_path / "README.md", tmp_path / "ROOT.md"
+    readme.write_text("<!-- bench:start -->\n<!-- bench:end -->\n")
+    memory_readme.write_text("gpu\n<!-- memory:start -->\n<!-- memory:end -->\n")
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "summarize.py"),
+            "--results",
+            str(results),
+            "--readme",
+            str(readme),
+            "--memory-readme",
+            str(memory_readme),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    peaks = " / ".join(f"{s['peak_bytes'] / 2**30:,.2f}" for s in steps)
+    for text in (readme.read_text(), memory_readme.read_text()):
+        assert "XLA's estimate" in text and "2x2 / 4x1" in text and peaks in text
+    assert "[json](benchmarks/results/memory.json)" in memory_readme.read_text()

@@ -8,6 +8,8 @@ import io
 import json
 import shutil
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar10_transfer import config, export
+from cifar10_transfer import config, export, models
 from cifar10_transfer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -370,6 +372,35 @@ def test_exported_model_loads_safely_and_predicts_the_same(exported, tmp_path):
     out_dir = export.export_run(run, tmp_path / "deploy")
     copied = keras.saving.load_model(out_dir / "model.keras", safe_mode=True)
     np.testing.assert_array_equal(copied.predict(images, verbose=0), original)
+
+
+LOAD_WITHOUT_PACKAGE = """
+import sys
+sys.modules["cifar10_transfer"] = None  # as on the Space: importing the package fails
+import keras, numpy as np
+model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+"""
+
+
+@pytest.mark.slow
+def test_exported_augmenting_model_loads_without_the_package(tmp_path):
+    # The run's augmentation block holds RandomAffine, which only this package registers.
+    run = make_run_folder(tmp_path / "run")
+    models.baseline_cnn(augment=True, seed=0).save(run / "model.keras")
+    out_dir = export.export_run(run, tmp_path / "deploy")
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    paths = [str(out_dir / "model.keras"), str(tmp_path / "images.npy"), str(tmp_path / "p.npy")]
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_PACKAGE, *paths],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    original = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), original.predict(images, verbose=0))
 
 
 def test_export_writes_one_example_per_class(tmp_path, monkeypatch):

@@ -1,8 +1,16 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
 from cifar10_transfer import config, models
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def _images(count=4, seed=0):
@@ -52,6 +60,145 @@ def test_augmentation_is_active_only_in_training():
         model.get_layer("augmentation")(images.astype("float32"), training=True)
     )
     assert not np.allclose(augmented, images)
+
+
+# ---------------------------------------------------------------- jit-safe augmentation
+
+
+def test_no_layer_turns_jit_compilation_off():
+    # jit_compile="auto" compiles the train step only if every layer reports supports_jit.
+    for model in (_small_transfer(augment=True), models.baseline_cnn(augment=True)):
+        eager_only = [layer.name for layer in model._flatten_layers() if not layer.supports_jit]
+        assert eager_only == [], (model.name, eager_only)
+
+
+def test_augmentation_trains_with_jit_compile_on_this_backend():
+    # On TensorFlow jit_compile=True means XLA, which fails on an op without an XLA kernel.
+    images = keras.Input(shape=config.IMAGE_SHAPE, dtype="uint8")
+    x = models.augmentation(seed=0)(images)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(images, keras.layers.Dense(config.NUM_CLASSES, activation="softmax")(x))
+    model.compile("adam", "sparse_categorical_crossentropy", jit_compile=True)
+    loss = model.train_on_batch(_images(4), np.arange(4))
+    assert model.jit_compile is True and np.isfinite(loss)
+
+
+JAX_JIT_SCRIPT = """
+import json
+import numpy as np
+from cifar10_transfer import config, models, training
+images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+resolved = {}
+for model in (training.build_transfer_model(config.get_profile("smoke", weights=None)),
+              models.baseline_cnn(augment=True, seed=0)):
+    training.compile_model(model, learning_rate=1e-3)  # jit_compile="auto", as in training
+    loss = model.train_on_batch(images, training.one_hot(np.arange(4)))
+    resolved[model.name] = [model.jit_compile, bool(np.all(np.isfinite(loss)))]
+print(json.dumps(resolved))
+"""
+
+
+@pytest.mark.slow
+def test_augmenting_models_compile_their_train_step_on_jax():
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(SRC)}
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_JIT_SCRIPT],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = json.loads(result.stdout.strip().splitlines()[-1])
+    assert resolved == {
+        "efficientnet_lite0_transfer": [True, True],
+        "baseline_cnn": [True, True],
+    }
+
+
+def _affine(images, draws, monkeypatch, **settings):
+    """RandomAffine with its four uniform draws (shift y, shift x, scale, angle) fixed."""
+
+    def fixed(shape, *args, **kwargs):
+        return keras.ops.convert_to_tensor(np.tile(np.float32(draws), (shape[0], 1)))
+
+    monkeypatch.setattr(keras.random, "uniform", fixed)
+    return keras.ops.convert_to_numpy(models.RandomAffine(**settings)(images, training=True))
+
+
+def test_random_affine_shifts_and_rotates_with_reflected_edges(monkeypatch):
+    images = _images(2).astype("float32")
+    # translate 0.1 of 32 px: a draw of 0.625 shifts by 2 px; edges mirror (numpy "symmetric").
+    shifted = _affine(images, [0.0, 0.625, 0.0, 0.0], monkeypatch, translate=0.1)
+    expected = np.pad(images, ((0, 0), (0, 0), (0, 2), (0, 0)), mode="symmetric")[:, :, 2:]
+    np.testing.assert_array_equal(shifted, expected)
+    turned = _affine(images, [0.0, 0.0, 0.0, 1.0], monkeypatch, rotation=0.25)
+    np.testing.assert_allclose(turned, np.rot90(images, 1, axes=(1, 2)), atol=1e-2)
+    # Zoom out by 1.5 about the centre 15.5 (a draw of 1 at zoom 0.5), on a ramp whose value
+    # is the column: column j shows column 15.5 + 1.5 (j - 15.5), exact under bilinear sampling.
+    ramp = np.broadcast_to(np.arange(32, dtype="float32")[None, None, :, None], (1, 32, 32, 3))
+    zoomed = _affine(ramp, [0.0, 0.0, 1.0, 0.0], monkeypatch, zoom=0.5)
+    columns = np.arange(10, 22)
+    np.testing.assert_allclose(zoomed[0, 16, columns, 0], 15.5 + 1.5 * (columns - 15.5), atol=1e-4)
+
+
+def test_random_affine_is_the_identity_at_inference_and_keeps_the_range():
+    layer = models.RandomAffine(0.1, 0.1, 0.03, seed=0)
+    images = _images(4)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(images, training=False)), images.astype("float32")
+    )
+    augmented = keras.ops.convert_to_numpy(layer(images, training=True))
+    assert augmented.shape == images.shape and augmented.dtype == np.float32
+    # Bilinear weights are a convex combination: no value leaves the input's range.
+    assert images.min() <= augmented.min() and augmented.max() <= images.max()
+    assert not np.allclose(augmented, images)
+
+
+def test_random_affine_returns_the_compute_dtype_under_mixed_precision():
+    layer = models.RandomAffine(0.1, 0.1, 0.03, seed=0, dtype="mixed_bfloat16")
+    for training in (True, False):
+        output = layer(_images(2), training=training)
+        assert keras.backend.standardize_dtype(output.dtype) == "bfloat16"
+        assert tuple(output.shape) == (2, 32, 32, 3)
+
+
+def test_random_affine_is_reproducible_from_its_seed_and_varies_between_calls():
+    images = _images(4)
+    first, second = (models.RandomAffine(0.1, 0.1, 0.03, seed=7) for _ in range(2))
+    calls = [keras.ops.convert_to_numpy(first(images, training=True)) for _ in range(2)]
+    np.testing.assert_array_equal(
+        calls[0], keras.ops.convert_to_numpy(second(images, training=True))
+    )
+    assert not np.allclose(calls[0], calls[1])
+
+
+@pytest.mark.parametrize(
+    "settings", [dict(translate=-0.1), dict(zoom=1.0), dict(rotation=0.5)], ids=str
+)
+def test_bad_random_affine_setting_is_a_value_error(settings):
+    (setting,) = settings
+    with pytest.raises(ValueError, match=f"RandomAffine {setting} must be in"):
+        models.RandomAffine(**settings)
+
+
+def test_random_affine_round_trips_through_a_keras_file_in_safe_mode(tmp_path):
+    images = keras.Input(shape=config.IMAGE_SHAPE, dtype="uint8")
+    layer = models.RandomAffine(0.1, 0.2, 0.03, seed=3, name="affine")
+    keras.Model(images, layer(images)).save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert isinstance(loaded.get_layer("affine"), models.RandomAffine)
+    assert loaded.get_layer("affine").get_config() == layer.get_config()
+
+
+def test_inference_copy_replaces_augmentation_by_identity_and_shares_the_rest():
+    model = models.baseline_cnn(augment=True, seed=0)
+    copy = models.inference_copy(model)
+    assert isinstance(copy.get_layer("augmentation"), keras.layers.Identity)
+    assert not [layer for layer in copy._flatten_layers() if isinstance(layer, models.RandomAffine)]
+    assert copy.get_layer("predictions") is model.get_layer("predictions")  # shared weights
+    images = _images(8)
+    np.testing.assert_array_equal(copy.predict(images, verbose=0), model.predict(images, verbose=0))
 
 
 @pytest.mark.parametrize("head", models.HEADS)
@@ -165,6 +312,39 @@ def test_missing_imagenet_download_names_the_file_and_the_way_out(monkeypatch):
     message = str(caught.value)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert "--weights" in message and "efficientnet_lite0" in message
+
+
+def test_a_failed_download_shows_keras_reason_and_the_url(monkeypatch):
+    url = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/x_notop.h5"
+
+    def offline(*args, **kwargs):  # what keras.utils.get_file raises for a URLError
+        raise Exception(f"URL fetch failure on {url}: None -- [Errno -3] name resolution")
+
+    monkeypatch.setattr("keras.src.applications.resnet.file_utils.get_file", offline)
+    with pytest.raises(models.WeightsError) as caught:
+        models.transfer_model(backbone="resnet50", weights="imagenet", image_size=32)
+    assert url in str(caught.value) and "name resolution" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "failure", [MemoryError("out of memory"), ValueError("shape (3, 3) vs (1, 1)")]
+)
+def test_errors_other_than_a_download_keep_their_own_cause(monkeypatch, failure):
+    def broken(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr("keras.src.applications.resnet.file_utils.get_file", broken)
+    with pytest.raises(type(failure)) as caught:
+        models.transfer_model(backbone="resnet50", weights="imagenet", image_size=32)
+    assert not isinstance(caught.value, models.WeightsError)
+    assert str(caught.value) == str(failure)
+
+
+def test_an_unreadable_local_weights_file_is_named(tmp_path):
+    path = tmp_path / "resnet50_notop.h5"
+    path.write_bytes(b"not an HDF5 file")
+    with pytest.raises(models.WeightsError, match="resnet50_notop.h5"):
+        models.transfer_model(backbone="resnet50", weights=str(path), image_size=32)
 
 
 def test_gradual_unfreezing_steps():

@@ -48,6 +48,16 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=config.PRECISIONS,
+        default=None,
+        help="dtype policy (default: the profile's, auto: float32 on a CPU, mixed_float16 on "
+        "a GPU below compute capability 8.0 such as a T4, mixed_bfloat16 from 8.0 on)",
+    )
+
+
 # --epochs sets the epochs of the experiment's own training stage.
 EPOCH_SETTING = {"head": "head_epochs", "finetune": "finetune_epochs"}
 
@@ -63,6 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         unfreeze=args.unfreeze,
         seed=args.seed,
+        precision=args.precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        allow_cpu=args.allow_cpu or None,
     )
     overrides = {}
     if args.epochs is not None:
@@ -135,6 +148,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presentation(args: argparse.Namespace) -> int:
+    from cifar10_transfer import slides
+
+    print(slides.build_deck(args.profile, out=args.out))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import runpy
 
@@ -153,9 +173,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         reproduce.reproduce(
             args.profile,
             backbone=args.backbone,
+            weights=args.weights,
             data=args.data,
             seed=args.seed,
             devices=args.devices,
+            precision=args.precision,
         )
     except reproduce.NotebookError as error:  # the failing cell's error, not a wall of JSON
         print(f"error: {error}", file=sys.stderr)
@@ -194,6 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="epochs of this experiment's stage")
     train.add_argument("--unfreeze", help="head | top:N | stage:NAME | gradual | all")
     train.add_argument("--seed", type=int)
+    _add_precision_option(train)
+    train.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        metavar="N",
+        help="feed each batch as N micro-batches of batch-size / N images and update once "
+        "(same effective batch, less GPU memory; N must divide the batch size)",
+    )
+    train.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="train a GPU profile ("
+        + ", ".join(name for name, profile in config.PROFILES.items() if profile.needs_accelerator)
+        + ") on a CPU anyway, despite the estimated time it prints",
+    )
     train.add_argument("--out", metavar="DIR", help="run folder (default runs/PROFILE/EXPERIMENT)")
     train.add_argument(
         "--resume",
@@ -224,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--profile", default="quick", choices=sorted(config.PROFILES))
     _add_data_option(rerun)
     rerun.add_argument("--backbone", help="override the profile's backbone")
+    rerun.add_argument("--weights", help="imagenet, none, or a local weights file (offline)")
     rerun.add_argument("--seed", type=int)
+    _add_precision_option(rerun)
     rerun.add_argument("--devices", default=None, help="'all' or N devices (default: 1)")
     rerun.set_defaults(handler=cmd_reproduce)
 
@@ -247,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", metavar="DIR", default="deploy", help="default: deploy/")
     demo.add_argument("--data", metavar="SRC", help="CIFAR-10 source for example images")
     demo.set_defaults(handler=cmd_demo)
+
+    deck = commands.add_parser(
+        "presentation", help="build the PDF slide deck from results/PROFILE and images/PROFILE"
+    )
+    deck.add_argument("--profile", default="quick", choices=sorted(config.PROFILES))
+    deck.add_argument(
+        "--out", metavar="PDF", help="default: presentation/cifar10-transfer-PROFILE.pdf"
+    )
+    deck.set_defaults(handler=cmd_presentation)
     return parser
 
 

@@ -25,6 +25,8 @@ CLASS_NAMES = (
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (32, 32, 3)
+# Keras dtype policies a run can use; "auto" picks one for the device (training.auto_precision).
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -98,6 +100,16 @@ class Profile:
     baseline_learning_rate: float  # Adam
     baseline_batch_size: int  # images per step
     seed: int = 42
+    # dtype policy: "auto" (float32 on a CPU, mixed_float16 below compute capability 8.0,
+    # mixed_bfloat16 from 8.0), or "float32", "mixed_float16", "mixed_bfloat16"
+    precision: str = "auto"
+    # A GPU profile: without an accelerator training refuses to start (hours on a CPU,
+    # training.check_accelerator) unless allow_cpu is set.
+    needs_accelerator: bool = False
+    allow_cpu: bool = False
+    # Micro-batches of batch_size / N images per optimizer update (which must divide evenly):
+    # the same effective batch in about 1/N of the activation memory.
+    gradient_accumulation_steps: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,6 +203,7 @@ PROFILES: dict[str, Profile] = {
         baseline_epochs=60,
         baseline_learning_rate=1e-3,
         baseline_batch_size=128,
+        needs_accelerator=True,
     ),
     # The seed setup, for like-for-like comparison with 60.5% / 88.7% / 91%.
     "paper": Profile(
@@ -219,6 +232,7 @@ PROFILES: dict[str, Profile] = {
         baseline_epochs=30,
         baseline_learning_rate=1e-3,
         baseline_batch_size=64,
+        needs_accelerator=True,
     ),
 }
 

@@ -107,6 +107,17 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def list_devices() -> list[str]:
+    """``keras.distribution.list_devices()``, also on the torch backend, for which Keras has no
+    distribution library (the call fails there): one "gpu:N" per CUDA device, else ["cpu:0"]."""
+    if keras.backend.backend() != "torch":
+        return keras.distribution.list_devices()
+    import torch  # torch backend only: Keras offers no device listing for it
+
+    count = torch.cuda.device_count()
+    return [f"gpu:{index}" for index in range(count)] if count else ["cpu:0"]
+
+
 def worker_dir(out_dir: Path) -> Path:
     """Where a non-chief process keeps its Keras working files (backup, checkpoint)."""
     return out_dir.with_name(f"{out_dir.name}.process{process_index()}")

@@ -1,6 +1,7 @@
 """Package a run folder as a Gradio demo ready for Hugging Face Spaces.
 
-``export_run(run_dir, out_dir)`` writes model.keras, class_names.json, metrics.json, a model card
+``export_run(run_dir, out_dir)`` writes model.keras (the run's model without its augmentation
+block, which only training uses), class_names.json, metrics.json, a model card
 (README.md with the Space's front matter and the run's real test metrics), app.py,
 requirements.txt and, given CIFAR-10, one example test image per class under examples/.
 """
@@ -15,9 +16,10 @@ import tempfile
 from pathlib import Path
 
 import keras
+import numpy as np
 from PIL import Image
 
-from cifar10_transfer import config, data, fileio
+from cifar10_transfer import config, data, evaluation, fileio, models
 
 TEMPLATE_DIR = Path(__file__).with_name("deploy_template")
 REQUIRED_METRICS = ("test_accuracy", "test_loss", "per_class_accuracy", "class_names")
@@ -54,12 +56,20 @@ def _gradio_version() -> str:
     raise ValueError(f"{TEMPLATE_DIR / 'requirements.txt'} has no gradio==VERSION pin")
 
 
-def _check_model(model_path: Path, class_names: list[str]) -> None:
-    """Load the copied model as the Space will (safe_mode) and check its input and output."""
+def _load(model_path: Path) -> keras.Model:
     try:
-        model = keras.saving.load_model(model_path, safe_mode=True)
+        return keras.saving.load_model(model_path, safe_mode=True)
     except Exception as error:  # Keras raises many types for a bad archive; report them alike
         raise ValueError(f"{model_path} does not load with safe_mode=True: {error}") from error
+
+
+def _write_inference_model(run_model: Path, model_path: Path, class_names: list[str]) -> None:
+    """Save the run's model without its augmentation block (``models.inference_copy``), so the
+    Space loads it with Keras alone; load the copy as the Space will (safe_mode) and check its
+    input, output and predictions against the run's model."""
+    original = _load(run_model)
+    models.inference_copy(original).save(model_path)
+    model = _load(model_path)
     input_shape = tuple(model.inputs[0].shape[1:])
     output_shape = tuple(model.outputs[0].shape[1:])
     if input_shape != config.IMAGE_SHAPE or output_shape != (len(class_names),):
@@ -68,6 +78,11 @@ def _check_model(model_path: Path, class_names: list[str]) -> None:
             f"(None, {len(class_names)}), got input {model.inputs[0].shape} and output "
             f"{model.outputs[0].shape}"
         )
+    images = np.random.default_rng(0).integers(0, 256, (4, *config.IMAGE_SHAPE), dtype=np.uint8)
+    expected = original.predict(images, verbose=0)
+    # Same layers and weights: equal on a CPU; the tolerance only absorbs GPU kernel choices.
+    if not np.allclose(model.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6):
+        raise ValueError(f"{model_path}: the inference copy predicts differently from {run_model}")
 
 
 def _write_examples(folder: Path, data_source) -> str:
@@ -89,10 +104,6 @@ def _file_name(source) -> str:
     return Path(str(source)).name or str(source)
 
 
-def _percent(fraction: float) -> str:
-    return f"{100 * fraction:.2f}%"
-
-
 def model_card(metrics: dict, run_name: str, examples_note: str) -> str:
     """README.md of the Space: front matter plus the run's metrics, data and limitations."""
     data_info = metrics.get("data") or {}
@@ -107,11 +118,13 @@ def model_card(metrics: dict, run_name: str, examples_note: str) -> str:
     else:
         architecture = f"`{experiment}` network trained from scratch on CIFAR-10"
     metric_rows = [
-        ("test accuracy", _percent(metrics["test_accuracy"])),
+        ("test accuracy", evaluation.percent(metrics["test_accuracy"], 2)),
         ("test loss (cross-entropy)", f"{metrics['test_loss']:.4f}"),
     ]
     if metrics.get("tta_test_accuracy") is not None:
-        metric_rows.append(("test accuracy, with flip TTA", _percent(metrics["tta_test_accuracy"])))
+        metric_rows.append(
+            ("test accuracy, with flip TTA", evaluation.percent(metrics["tta_test_accuracy"], 2))
+        )
     if metrics.get("ece") is not None:
         metric_rows.append(("expected calibration error (15 bins)", f"{metrics['ece']:.4f}"))
         calibration_note = (
@@ -133,7 +146,7 @@ def model_card(metrics: dict, run_name: str, examples_note: str) -> str:
         "test_size": f"{data_info['test_size']:,}" if "test_size" in data_info else "the",
         "metrics_rows": "\n".join(f"| {name} | {value} |" for name, value in metric_rows),
         "per_class_rows": "\n".join(
-            f"| {name} | {_percent(fraction)} |"
+            f"| {name} | {evaluation.percent(fraction, 2)} |"
             for name, fraction in metrics["per_class_accuracy"].items()
         ),
         "architecture": architecture,
@@ -186,8 +199,9 @@ def export_run(
     building = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building."))
     building.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
-        shutil.copyfile(run_dir / "model.keras", building / "model.keras")
-        _check_model(building / "model.keras", metrics["class_names"])
+        _write_inference_model(
+            run_dir / "model.keras", building / "model.keras", metrics["class_names"]
+        )
         shutil.copyfile(run_dir / "metrics.json", building / "metrics.json")
         (building / "class_names.json").write_text(json.dumps(metrics["class_names"]) + "\n")
         for name in ("app.py", "requirements.txt"):

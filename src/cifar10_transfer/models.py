@@ -61,24 +61,149 @@ HEADS = ("seed", "slides", "linear")
 # ---------------------------------------------------------------- baselines
 
 
+@keras.saving.register_keras_serializable(package="cifar10_transfer")
+class RandomAffine(layers.Layer):
+    """Random translation, zoom and rotation of images in one bilinear resampling.
+
+    It replaces RandomTranslation, RandomZoom and RandomRotation: Keras marks those
+    ``supports_jit=False`` (on TensorFlow they use ImageProjectiveTransformV3, which has no
+    XLA kernel), and one such layer makes ``jit_compile="auto"`` run the whole train step
+    eagerly on JAX. This layer is only keras.ops (a gather and arithmetic), so it compiles
+    under JAX jit and TensorFlow XLA. Samples outside the image reflect about its edges
+    (d c b a | a b c d | d c b a), as ``fill_mode="reflect"`` does.
+
+    translate: largest shift, as a fraction of the side; zoom: largest change of scale
+    (1 - zoom .. 1 + zoom; above 1 zooms out); rotation: largest angle, as a fraction of a
+    full turn. Each is drawn uniformly per image, symmetric around no change.
+    """
+
+    def __init__(
+        self,
+        translate: float = 0.0,
+        zoom: float = 0.0,
+        rotation: float = 0.0,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for setting, value, upper in (
+            ("translate", translate, 1.0),
+            ("zoom", zoom, 1.0),
+            ("rotation", rotation, 0.5),
+        ):
+            if not 0.0 <= value < upper:
+                raise ValueError(f"RandomAffine {setting} must be in [0, {upper}), got {value}")
+        self.translate = float(translate)
+        self.zoom = float(zoom)
+        self.rotation = float(rotation)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=True):
+        # Same default as Keras's random image layers: called alone, the layer augments.
+        images = keras.ops.cast(inputs, self.compute_dtype)
+        if not training:
+            return images
+        batch, height, width, channels = keras.ops.shape(images)
+        # One draw per image: shift y, shift x, scale, angle, each uniform in -1..1.
+        draws = keras.random.uniform((batch, 4), -1.0, 1.0, seed=self.seed_generator)
+        shift_y = draws[:, 0, None, None] * (self.translate * height)
+        shift_x = draws[:, 1, None, None] * (self.translate * width)
+        scale = 1.0 + draws[:, 2, None, None] * self.zoom
+        angle = draws[:, 3, None, None] * (2.0 * np.pi * self.rotation)
+        # Output pixel -> source position: rotate and scale about the centre, then shift.
+        center_y, center_x = (height - 1) / 2.0, (width - 1) / 2.0
+        y = keras.ops.arange(height, dtype="float32")[None, :, None] - center_y
+        x = keras.ops.arange(width, dtype="float32")[None, None, :] - center_x
+        cos, sin = scale * keras.ops.cos(angle), scale * keras.ops.sin(angle)
+        source_y = _reflect(sin * x + cos * y + center_y + shift_y, height)
+        source_x = _reflect(cos * x - sin * y + center_x + shift_x, width)
+        # Float32 interpolation: bfloat16 would round positions to 1/8 px and blur the mix.
+        flat = keras.ops.reshape(keras.ops.cast(images, "float32"), (-1, channels))
+        offsets = keras.ops.arange(batch, dtype="int32")[:, None, None] * (height * width)
+        y0, x0 = keras.ops.floor(source_y), keras.ops.floor(source_x)
+        weight_y, weight_x = (source_y - y0)[..., None], (source_x - x0)[..., None]
+        rows = [keras.ops.cast(y0, "int32"), keras.ops.cast(y0, "int32") + 1]
+        columns = [keras.ops.cast(x0, "int32"), keras.ops.cast(x0, "int32") + 1]
+        rows = [offsets + keras.ops.minimum(row, height - 1) * width for row in rows]
+        columns = [keras.ops.minimum(column, width - 1) for column in columns]
+        top, bottom = (
+            keras.ops.take(flat, row + columns[0], axis=0) * (1.0 - weight_x)
+            + keras.ops.take(flat, row + columns[1], axis=0) * weight_x
+            for row in rows
+        )
+        return keras.ops.cast(top * (1.0 - weight_y) + bottom * weight_y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "translate": self.translate,
+            "zoom": self.zoom,
+            "rotation": self.rotation,
+            "seed": self.seed,
+        }
+
+
+def _reflect(position, size: int):
+    """Positions mirrored into 0..size-1 about the edges at -0.5 and size - 0.5.
+
+    Between -0.5 and 0 a position interpolates pixel 0 with its own mirror image, which is
+    pixel 0 again: clipping to 0..size-1 is then exact.
+    """
+    period = 2.0 * size
+    folded = keras.ops.mod(position + 0.5, period)
+    folded = keras.ops.where(folded >= size, period - folded, folded) - 0.5
+    return keras.ops.clip(folded, 0.0, size - 1.0)
+
+
 def augmentation(seed: int | None = None, name: str = "augmentation") -> keras.Sequential:
     """Random flip, translate (crop), zoom, rotation, brightness, contrast; active only in training.
 
-    Works on float pixels in 0..255.
+    Works on pixels in 0..255 (uint8 or float) and returns the compute dtype. Every layer
+    supports jit compilation, so ``jit_compile="auto"`` compiles the train step.
     """
+
+    def layer_seed(offset: int) -> int | None:
+        # A different seed per layer: with one seed, layers drawing the same shape would draw
+        # the same numbers (e.g. the flip decision would set the brightness change).
+        return None if seed is None else seed + offset
+
     return keras.Sequential(
         [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomTranslation(
-                AUGMENT_TRANSLATE, AUGMENT_TRANSLATE, fill_mode="reflect", seed=seed
+            layers.RandomFlip("horizontal", seed=layer_seed(0)),
+            RandomAffine(
+                AUGMENT_TRANSLATE, AUGMENT_ZOOM, AUGMENT_ROTATION, seed=layer_seed(1), name="affine"
             ),
-            layers.RandomZoom(AUGMENT_ZOOM, fill_mode="reflect", seed=seed),
-            layers.RandomRotation(AUGMENT_ROTATION, fill_mode="reflect", seed=seed),
-            layers.RandomBrightness(AUGMENT_BRIGHTNESS, value_range=(0, 255), seed=seed),
-            layers.RandomContrast(AUGMENT_CONTRAST, value_range=(0, 255), seed=seed),
+            layers.RandomBrightness(AUGMENT_BRIGHTNESS, value_range=(0, 255), seed=layer_seed(2)),
+            layers.RandomContrast(AUGMENT_CONTRAST, value_range=(0, 255), seed=layer_seed(3)),
         ],
         name=name,
     )
+
+
+def inference_copy(model: keras.Model, name: str = "augmentation") -> keras.Model:
+    """``model`` with its augmentation block ``name`` replaced by Identity; all else shared.
+
+    Augmentation does nothing at inference, and without it the saved file holds only
+    built-in Keras layers: it loads where this package (which registers RandomAffine) is not
+    installed, as in the deployed demo. Same layers, same weights: identical predictions.
+    """
+
+    def clone(layer):
+        if layer.name != name:
+            return layer
+        return layers.Identity(name=name, dtype=layer.dtype_policy.name)
+
+    def call(layer, *args, **kwargs):
+        # The block's recorded call passes a mask argument, which Identity does not take.
+        if layer.name == name and isinstance(layer, layers.Identity):
+            return layer(args[0])
+        return layer(*args, **kwargs)
+
+    return keras.models.clone_model(model, clone_function=clone, call_function=call)
 
 
 def _image_input() -> keras.KerasTensor:
@@ -190,22 +315,30 @@ def _preprocess(x, mode: str):
     return x  # "included": the backbone scales 0..255 itself
 
 
+# The message keras.utils.get_file raises (as a plain Exception) when a download fails; it
+# carries the URL and the reason.
+DOWNLOAD_FAILURE = "URL fetch failure"
+
+
 def _build_application(application: str, weights, image_size: int):
     constructor = getattr(keras.applications, application)
     try:
         return constructor(
             include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
         )
-    except Exception as error:  # Keras raises several types for a failed download
-        if weights != "imagenet":
+    except Exception as error:
+        # Only a failed download or an unreadable weights file is a weights problem; anything
+        # else (a shape error, out of memory) is raised as it is, with its own cause.
+        if weights == "imagenet" and str(error).startswith(DOWNLOAD_FAILURE):
+            expected = RESNET_NOTOP_FILES.get(application, f"the {application} no-top .h5 file")
+            raise WeightsError(
+                f"could not download ImageNet weights for {application}: {error}. "
+                f"Put {expected} in {config.cache_dir() / 'models'} or pass weights=<path to "
+                ".h5> (CLI: --weights PATH); offline, use --backbone efficientnet_lite0"
+            ) from error
+        if weights != "imagenet" and isinstance(error, (OSError, ValueError)):
             raise WeightsError(f"could not load weights file {weights!r}: {error}") from error
-        expected = RESNET_NOTOP_FILES.get(application, f"the {application} no-top .h5 file")
-        cache = config.cache_dir() / "models"
-        raise WeightsError(
-            f"could not download ImageNet weights for {application} ({error.__class__.__name__}). "
-            f"Put {expected} in {cache} or pass weights=<path to .h5> "
-            f"(CLI: --weights PATH); offline, use --backbone efficientnet_lite0"
-        ) from error
+        raise
 
 
 def build_backbone(backbone: str = "resnet50", weights="imagenet", image_size: int = 224):

@@ -4,22 +4,23 @@ A run folder (``runs/<profile>/<experiment>/``, git-ignored) holds the model and
 test-set probabilities. ``publish_run`` copies the small, reviewable part
 (``metrics.json``, ``history.csv``) to ``results/<profile>/<experiment>/``, and
 ``write_summary`` turns every published run into ``summary.json`` and ``results.md``.
-Nothing here re-runs a model: figures and tables come from the stored predictions.
+``eda_summary`` and ``error_analysis`` are what notebooks 01 and 05 write to ``eda.json`` and
+``error_analysis.json``, which the slide deck reads. Nothing here re-runs a model: figures and
+tables come from the stored predictions. Keras is imported only to load a model, so the deck
+and the benchmark summary use this module without a backend.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 
-from cifar10_transfer import config, evaluation, fileio, plots
+from cifar10_transfer import config, data, evaluation, fileio, plots
 
 EXPERIMENT_LABELS = {
     "baseline_cnn": "Seed CNN (from scratch)",
@@ -59,6 +60,11 @@ def load_model(path: str | os.PathLike):
             f"{path}: no such model file (expected a .keras file or a run "
             "folder holding model.keras)"
         )
+    import keras
+
+    # For its side effect: it registers RandomAffine, the augmentation layer of trained models.
+    from cifar10_transfer import models  # noqa: F401
+
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises many types for a bad archive
@@ -161,31 +167,31 @@ def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
     )
 
 
-def _percent(value) -> str:
-    return "–" if value is None or pd.isna(value) else f"{100 * value:.2f}%"
-
-
 def results_markdown(table: pd.DataFrame, profile: str) -> str:
     """The README's results table, generated from ``summary_table``."""
-    lines = [
-        "| model | test accuracy | with flip TTA | ECE | input | train images | epochs | "
-        "wall time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in table.itertuples():
-        lines.append(
-            f"| {row.model} | {_percent(row.test_accuracy)} | {_percent(row.tta_test_accuracy)} "
-            f"| {row.ece:.3f} | {row.image_size} px | {row.train_size:,} | {row.epochs} "
-            f"| {row.wall_time_s / 60:.1f} min |"
-        )
+    cells = pd.DataFrame(
+        {
+            "model": table["model"],
+            "test accuracy": table["test_accuracy"].map(lambda value: evaluation.percent(value, 2)),
+            "with flip TTA": table["tta_test_accuracy"].map(
+                lambda value: evaluation.percent(value, 2)
+            ),
+            "ECE": table["ece"].map("{:.3f}".format),
+            "input": table["image_size"].map("{} px".format),
+            "train images": table["train_size"].map("{:,}".format),
+            "epochs": table["epochs"].map(str),
+            "wall time": table["wall_time_s"].map(lambda seconds: f"{seconds / 60:.1f} min"),
+        }
+    )
     first = table.iloc[0]
-    lines.append("")
-    lines.append(
-        f"Profile `{profile}`; test set: {first.test_size:,} images of the JPEG copy of "
+    return (
+        # disable_numparse: the cells are already formatted text; tabulate would reformat "3".
+        cells.to_markdown(index=False, colalign=["left"] + ["right"] * 7, disable_numparse=True)
+        + "\n\n"
+        + f"Profile `{profile}`; test set: {first.test_size:,} images of the JPEG copy of "
         f"CIFAR-10; device: {first.device}; backend: {first.backend}; seed {first.seed}; "
         f"code {first.git_commit}. Generated from `results/{profile}/*/metrics.json`."
     )
-    return "\n".join(lines)
 
 
 def write_summary(results_dir: str | os.PathLike, profile: str) -> pd.DataFrame:
@@ -202,11 +208,45 @@ def write_summary(results_dir: str | os.PathLike, profile: str) -> pd.DataFrame:
 def update_readme(
     markdown: str, readme: str | os.PathLike | None = None, marker: str = "results"
 ) -> None:
-    """Replace the text between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->``."""
+    """Replace the text between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->``
+    (the README's results tables, benchmarks/README.md's benchmark tables)."""
     readme = Path(readme or config.ROOT / "README.md")
     text = readme.read_text(encoding="utf-8")
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
-    if not pattern.search(text):
-        raise ValueError(f"{readme}: markers {start} ... {end} not found")
-    fileio.write_text(readme, pattern.sub(lambda _: f"{start}\n{markdown}\n{end}", text))
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{readme}: expected the markers {start} and {end}, once each, in order")
+    before, rest = text.split(start)
+    after = rest.split(end)[1]
+    fileio.write_text(readme, f"{before}{start}\n{markdown}\n{end}{after}")
+
+
+def eda_summary(dataset: data.CIFAR10) -> dict:
+    """``eda.json`` (notebook 01; the deck's data slide): ``data.summary`` plus the mean and
+    standard deviation of each colour channel over the training pixels (0-255, 2 decimals)."""
+    pixels = dataset.x_train.reshape(-1, dataset.x_train.shape[-1])
+    # float64 accumulators: a float32 sum over 51 million pixels loses precision.
+    return {
+        **data.summary(dataset),
+        "channel_mean": np.round(pixels.mean(axis=0, dtype=np.float64), 2).tolist(),
+        "channel_std": np.round(pixels.std(axis=0, dtype=np.float64), 2).tolist(),
+    }
+
+
+def error_analysis(run: Run, class_names=config.CLASS_NAMES, top_k: int = 5) -> dict:
+    """``error_analysis.json`` (notebook 05, of the best run; the deck's error and calibration
+    slides): the run's test accuracies, its calibration error and its ``top_k`` most confused
+    class pairs, both directions added (``evaluation.most_confused_pairs``)."""
+    pairs = evaluation.most_confused_pairs(
+        run.y_true,
+        run.probabilities.argmax(axis=1),
+        top_k=top_k,
+        class_names=class_names,
+        symmetric=True,
+    )
+    return {
+        "best_experiment": run.metrics["experiment"],
+        "test_accuracy": run.metrics["test_accuracy"],
+        "tta_test_accuracy": run.metrics.get("tta_test_accuracy"),
+        "ece": evaluation.expected_calibration_error(run.y_true, run.probabilities),
+        "most_confused_pairs": pairs.to_dict(orient="records"),
+    }

@@ -73,20 +73,29 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None) -> list[Pa
 def reproduce(
     profile: str = "quick",
     backbone: str | None = None,
+    weights: str | None = None,
     data: str | None = None,
     seed: int | None = None,
     devices=None,
+    precision: str | None = None,
 ) -> Path:
     """Run the five notebooks, write the summary and update the README; return results.md."""
-    settings = config.resolve_profile(profile, backbone=backbone, seed=seed)
+    settings = config.resolve_profile(
+        profile, backbone=backbone, weights=weights, seed=seed, precision=precision
+    )
+    # Notebooks run in notebooks/, not the caller's folder.
     if data is not None:
-        data = str(Path(data).resolve())  # notebooks run in notebooks/, not the caller's folder
+        data = str(Path(data).resolve())
+    if weights not in (None, "imagenet", "none"):
+        weights = str(Path(weights).resolve())
     parameters = {
         "profile": profile,
         "backbone": backbone,
+        "weights": weights,
         "data": data,
         "seed": settings.seed,
         "devices": devices,
+        "precision": settings.precision,
     }
     results_dir = config.RESULTS_DIR / profile
     run_notebooks(parameters, results_dir / "notebooks")

@@ -7,9 +7,11 @@ test-set probabilities, so evaluation never re-runs the model).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -45,15 +47,59 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def configure_precision(precision: str = "auto") -> str:
-    """Set the global dtype policy; "auto" is mixed bfloat16 on a GPU, float32 on a CPU."""
-    if precision == "auto":
-        has_gpu = any(d.startswith("gpu") for d in keras.distribution.list_devices())
-        precision = "mixed_bfloat16" if has_gpu else "float32"
-    if precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
-        raise ValueError(
-            f"precision must be auto, float32, mixed_bfloat16 or mixed_float16, got {precision!r}"
+# NVIDIA GPUs have bfloat16 tensor cores from compute capability 8.0 (Ampere: A100) on. Below
+# that (a T4 is 7.5, a V100 7.0) bfloat16 runs at float32 speed with extra casts, while
+# float16 has tensor cores; float16's narrow range needs loss scaling, which Keras adds
+# itself (LossScaleOptimizer) when a model is compiled under "mixed_float16".
+BFLOAT16_MIN_CAPABILITY = (8, 0)
+
+
+@functools.cache
+def gpu_info() -> dict | None:
+    """Name and compute capability of the first NVIDIA GPU (from nvidia-smi, whatever the
+    backend); None when Keras sees no GPU. The capability is None when nvidia-smi is missing."""
+    if not any(d.startswith("gpu") for d in distribute.list_devices()):
+        return None
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
+        name, capability = (part.strip() for part in result.stdout.splitlines()[0].split(","))
+        major, minor = capability.split(".")
+        return {"name": name, "compute_capability": (int(major), int(minor))}
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return {"name": "gpu", "compute_capability": None}
+
+
+def auto_precision(gpu: dict | None) -> tuple[str, str]:
+    """The dtype policy "auto" picks for ``gpu`` (``gpu_info()``), and why."""
+    if gpu is None:
+        return "float32", "no GPU: mixed precision does not speed up a CPU"
+    capability = gpu["compute_capability"]
+    if capability is None:
+        return "mixed_float16", f"{gpu['name']}: compute capability unknown, float16 runs on all"
+    shown = ".".join(map(str, capability))
+    if tuple(capability) >= BFLOAT16_MIN_CAPABILITY:
+        return "mixed_bfloat16", f"{gpu['name']}: compute capability {shown} has bfloat16 units"
+    return (
+        "mixed_float16",
+        f"{gpu['name']}: compute capability {shown} < 8.0 has no bfloat16 units; "
+        "float16 with loss scaling",
+    )
+
+
+def configure_precision(precision: str = "auto") -> str:
+    """Set the global dtype policy and return it; "auto" follows ``auto_precision``."""
+    if precision not in config.PRECISIONS:
+        choices = ", ".join(config.PRECISIONS)
+        raise ValueError(f"precision must be one of {choices}, got {precision!r}")
+    if precision == "auto":
+        precision, reason = auto_precision(gpu_info())
+        print(f"precision: {precision} (auto; {reason})", flush=True)
     keras.config.set_dtype_policy(precision)
     return precision
 
@@ -74,19 +120,9 @@ def _git_commit() -> str | None:
 
 
 def _device_name() -> str:
-    devices = keras.distribution.list_devices()
-    if any(d.startswith("gpu") for d in devices):
-        try:
-            result = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            )
-            return result.stdout.strip().splitlines()[0]
-        except (OSError, subprocess.SubprocessError, IndexError):
-            return "gpu"
+    gpu = gpu_info()
+    if gpu is not None:
+        return gpu["name"]
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
@@ -109,6 +145,114 @@ def environment() -> dict:
         "git_commit": _git_commit(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+# ---------------------------------------------------------------- CPU guard
+
+# Where the CPU cost model of check_accelerator finds its measured throughput.
+CPU_MEASUREMENTS = config.CHECKOUT / "benchmarks" / "results"
+CIFAR10_TRAIN_IMAGES, CIFAR10_TEST_IMAGES = 50_000, 10_000
+# A forward pass costs about a third of a training step (whose backward pass costs about two
+# forward passes).
+FORWARD_COST = 1 / 3
+
+
+def has_accelerator() -> bool:
+    return any(not device.startswith("cpu") for device in distribute.list_devices())
+
+
+def cpu_throughput(backbone: str, results_dir: Path = CPU_MEASUREMENTS) -> dict | None:
+    """The fastest CPU training throughput of ``backbone`` that benchmarks/throughput.py (alone
+    or within compare.py) wrote to ``results_dir``; None without one.
+
+    Fastest per pixel, because other work on a CPU only ever slows a measurement down.
+    """
+    best = None
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            result = fileio.read_json(path)
+        except (OSError, ValueError):
+            continue
+        if result.get("benchmark") == "compare":
+            result = result.get("ours") or {}
+        if (
+            result.get("benchmark") != "throughput"
+            or result.get("backbone") != backbone
+            or not str(result.get("device", "")).startswith("cpu")
+        ):
+            continue
+        pixels_per_second = result["images_per_second"] * result["image_size"] ** 2
+        if best is None or pixels_per_second > best["pixels_per_second"]:
+            cores = re.search(r"(\d+) cores", result["device"])
+            best = {
+                "images_per_second": result["images_per_second"],
+                "image_size": result["image_size"],
+                "pixels_per_second": pixels_per_second,
+                "device": result["device"],
+                "cores": int(cores.group(1)) if cores else None,
+                "file": path.name,
+            }
+    return best
+
+
+def cpu_seconds_estimate(profile: config.Profile, measurement: dict) -> float:
+    """Estimated CPU seconds of ``profile``'s head and fine-tuning stages (a cost model, not a
+    measurement).
+
+    Work, in training-step images: the head stage passes train + val + test once through the
+    backbone (cached features; the head's own epochs are negligible), fine-tuning trains on
+    the training images every epoch, validates every epoch and predicts the test images
+    twice (flip TTA); a forward pass counts FORWARD_COST of a step, every layer trains. Cost
+    per image: 1 / the measured images/s, times (image_size / measured size)^2 since a
+    convolutional network's work grows with its input's pixels, times measured cores / this
+    machine's cores.
+    """
+    val = profile.val_size
+    train = profile.train_size or CIFAR10_TRAIN_IMAGES - val
+    test = profile.test_size or CIFAR10_TEST_IMAGES
+    head = (train + val + test) * FORWARD_COST
+    finetune = profile.finetune_epochs * (train + val * FORWARD_COST) + 2 * test * FORWARD_COST
+    seconds_per_image = 1 / measurement["images_per_second"]
+    seconds_per_image *= (profile.image_size / measurement["image_size"]) ** 2
+    if measurement["cores"]:
+        seconds_per_image *= measurement["cores"] / (os.cpu_count() or 1)
+    return (head + finetune) * seconds_per_image
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:,.0f} hours" if seconds >= 7200 else f"{seconds / 60:,.0f} minutes"
+
+
+def check_accelerator(profile: config.Profile, results_dir: Path = CPU_MEASUREMENTS) -> None:
+    """Refuse to start a GPU profile (``needs_accelerator``) on a CPU, saying how long it would
+    take there; with ``allow_cpu`` print that as a warning and go on."""
+    if not profile.needs_accelerator or has_accelerator():
+        return
+    measurement = cpu_throughput(profile.backbone, results_dir)
+    if measurement is None:
+        estimate = (
+            f"an unknown time (no CPU throughput of {profile.backbone} in {results_dir} to "
+            "estimate it from: benchmarks/throughput.py measures one)"
+        )
+    else:
+        estimate = (
+            f"about {_duration(cpu_seconds_estimate(profile, measurement))} (an estimate from "
+            f"{measurement['images_per_second']:.1f} images/s of {profile.backbone} at "
+            f"{measurement['image_size']} px measured on {measurement['device']}, "
+            f"{measurement['file']}, scaled to {profile.image_size} px"
+            + (f" and {os.cpu_count()} cores)" if measurement["cores"] else ")")
+        )
+    situation = (
+        f"profile {profile.name!r} needs a GPU (needs_accelerator=True) and no GPU was found; "
+        f"on this CPU its head and fine-tuning stages would take {estimate}"
+    )
+    if profile.allow_cpu:
+        print(f"warning: {situation}; training on the CPU anyway (allow_cpu)", flush=True)
+        return
+    raise ValueError(
+        f"{situation}. Train on a GPU (make GPU=1 installs the CUDA builds), or pass "
+        "--allow-cpu (allow_cpu=True) to train on the CPU anyway"
+    )
 
 
 # ---------------------------------------------------------------- stages
@@ -151,14 +295,46 @@ def _callbacks(out_dir: Path, schedule: str, patience: int, resume: bool, extra=
     return callbacks + list(extra)
 
 
-def _optimizer(learning_rate: float, schedule: str, epochs: int, steps_per_epoch: int):
+def micro_batch_size(batch_size: int, gradient_accumulation_steps: int) -> int:
+    """Images per fit() step when ``gradient_accumulation_steps`` of them make one optimizer
+    update of ``batch_size`` images."""
+    steps = gradient_accumulation_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, got {steps!r}")
+    if batch_size % steps:
+        raise ValueError(
+            f"gradient_accumulation_steps={steps} must divide the batch size {batch_size} "
+            "evenly (each step feeds batch_size / gradient_accumulation_steps images)"
+        )
+    return batch_size // steps
+
+
+def _optimizer(
+    learning_rate: float,
+    schedule: str,
+    epochs: int,
+    steps_per_epoch: int,
+    gradient_accumulation_steps: int = 1,
+):
+    """Adam; ``steps_per_epoch`` counts fit() steps (micro-batches), not updates."""
     if schedule not in SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "cosine":
+        # Keras evaluates a schedule at the micro-step count (optimizer._iterations, while
+        # optimizer.iterations counts updates), and with N micro-steps per update, update j
+        # runs at micro-step j * N + N - 1. Decaying over all micro-steps after a flat
+        # "warm-up" of N - 1 steps at the initial rate gives update j the rate of step j of a
+        # cosine over the real updates: the same rates as without accumulation.
+        steps = gradient_accumulation_steps
         learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=max(epochs * steps_per_epoch, 1)
+            learning_rate,
+            decay_steps=max(epochs * steps_per_epoch, 1),
+            warmup_target=learning_rate if steps > 1 else None,
+            warmup_steps=steps - 1,
         )
-    return keras.optimizers.Adam(learning_rate)
+    # Keras takes None, not 1, for "no accumulation".
+    accumulation = gradient_accumulation_steps if gradient_accumulation_steps > 1 else None
+    return keras.optimizers.Adam(learning_rate, gradient_accumulation_steps=accumulation)
 
 
 def compile_model(
@@ -168,10 +344,13 @@ def compile_model(
     epochs: int = 1,
     steps_per_epoch: int = 1,
     label_smoothing: float = 0.0,
+    gradient_accumulation_steps: int = 1,
 ) -> None:
     """Adam + categorical cross-entropy (one-hot targets, so label smoothing works)."""
     model.compile(
-        optimizer=_optimizer(learning_rate, schedule, epochs, steps_per_epoch),
+        optimizer=_optimizer(
+            learning_rate, schedule, epochs, steps_per_epoch, gradient_accumulation_steps
+        ),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
     )
@@ -197,18 +376,32 @@ def fit(
     out_dir: Path,
     resume: bool = False,
     callbacks=(),
+    gradient_accumulation_steps: int = 1,
 ) -> pd.DataFrame:
-    """Compile and fit one stage; return its history (one row per epoch)."""
-    steps_per_epoch = int(np.ceil(len(x_train) / batch_size))
-    compile_model(model, learning_rate, schedule, epochs, steps_per_epoch, label_smoothing)
-    # On several machines each process feeds its own slice, batch_size / processes at a time.
+    """Compile and fit one stage; return its history (one row per epoch).
+
+    ``batch_size`` images make one optimizer update; with ``gradient_accumulation_steps``
+    N they are fed as N micro-batches of batch_size / N, whose gradients are averaged.
+    """
+    micro_batch = micro_batch_size(batch_size, gradient_accumulation_steps)
+    steps_per_epoch = int(np.ceil(len(x_train) / micro_batch))
+    compile_model(
+        model,
+        learning_rate,
+        schedule,
+        epochs,
+        steps_per_epoch,
+        label_smoothing,
+        gradient_accumulation_steps,
+    )
+    # On several machines each process feeds its own slice, micro_batch / processes at a time.
     x_train, y_train, x_val, y_val = map(distribute.process_slice, (x_train, y_train, x_val, y_val))
     model.fit(
         x_train,
         one_hot(y_train),
         validation_data=(x_val, one_hot(y_val)),
         epochs=epochs,
-        batch_size=batch_size // distribute.process_count(),
+        batch_size=micro_batch // distribute.process_count(),
         shuffle=True,
         callbacks=_callbacks(out_dir, schedule, patience, resume, callbacks),
         verbose=1 if os.environ.get("CIFAR10_VERBOSE", "1") != "0" else 2,
@@ -220,17 +413,49 @@ def fit(
     return history
 
 
-def cached_features(model, splits, cache_file: Path, batch_size: int) -> dict:
-    """Pooled backbone features for train/val/test, computed once and kept on disk."""
-    if distribute.on_every_process(cache_file.exists()):
+FEATURE_SPLITS = ("train", "val", "test")
+
+
+def _load_features(cache_file: Path, splits) -> dict | None:
+    """The cached features, or None when the file is not what this run would write
+    (float32, one row per image of each split): an older or damaged cache is recomputed."""
+    try:
         with np.load(cache_file, allow_pickle=False) as stored:
-            return {name: stored[name] for name in stored.files}
+            if sorted(stored.files) != sorted(FEATURE_SPLITS):
+                raise ValueError(f"arrays {sorted(stored.files)}")
+            features = {}
+            for split in FEATURE_SPLITS:
+                array, rows = stored[split], len(getattr(splits, f"x_{split}"))
+                if array.dtype != np.float32 or array.ndim != 2 or len(array) != rows:
+                    raise ValueError(
+                        f"{split}: {array.dtype} {array.shape}, expected float32 ({rows}, features)"
+                    )
+                features[split] = array
+            return features
+    except (OSError, ValueError, EOFError) as error:
+        print(f"feature cache {cache_file} unusable ({error}); recomputing", flush=True)
+        return None
+
+
+def cached_features(model, splits, cache_file: Path, batch_size: int) -> dict:
+    """Pooled backbone features for train/val/test, computed once and kept on disk.
+
+    Stored as float32 whatever the dtype policy: NumPy has no bfloat16, so np.savez would
+    write mixed-bfloat16 features as raw bytes (dtype |V2) that load back unusable.
+    """
+    features = None
+    if distribute.on_every_process(cache_file.exists()):
+        features = _load_features(cache_file, splits)
+    if distribute.on_every_process(features is not None):
+        return features
     extractor = models.feature_extractor(model)
     features = {}
-    for split in ("train", "val", "test"):
+    for split in FEATURE_SPLITS:
         images = getattr(splits, f"x_{split}")
         print(f"extracting {split} features: {len(images)} images", flush=True)
-        features[split] = distribute.predict(extractor, images, batch_size)
+        features[split] = np.asarray(
+            distribute.predict(extractor, images, batch_size), dtype=np.float32
+        )
     if distribute.is_chief():
         with fileio.atomic_path(cache_file) as temporary:
             np.savez(temporary, **features)
@@ -247,6 +472,8 @@ def _features_key(profile: config.Profile, splits) -> str:
         splits.x_train.shape,
         splits.x_test.shape,
         profile.seed,
+        # The dtype policy the backbone ran under: bfloat16 features differ from float32 ones.
+        keras.config.dtype_policy().name,
     ):
         digest.update(str(part).encode())
     for array in (splits.x_train[:64], splits.x_val[:64], splits.x_test[:64]):
@@ -280,6 +507,7 @@ def train_head(
         out_dir=out_dir,
         resume=resume,
         callbacks=callbacks,
+        gradient_accumulation_steps=profile.gradient_accumulation_steps,
     )
     if not cache_features:
         history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, **settings)
@@ -324,6 +552,7 @@ def fine_tune(
             out_dir=out_dir,
             resume=resume,
             callbacks=callbacks,
+            gradient_accumulation_steps=profile.gradient_accumulation_steps,
         )
         history["unfreeze"] = strategy
         histories.append(history)
@@ -380,9 +609,26 @@ def run_experiment(
         profile.baseline_batch_size if experiment in models.BASELINES else profile.batch_size
     )
     # First: on several machines this joins the cluster, which must precede any JAX device use.
-    strategy = distribute.setup(devices, batch_size)
+    # The devices split each fit() step's micro-batch.
+    strategy = distribute.setup(
+        devices, micro_batch_size(batch_size, profile.gradient_accumulation_steps)
+    )
+    if (
+        profile.gradient_accumulation_steps > 1
+        and strategy.device_count > 1
+        and keras.backend.backend() == "tensorflow"
+    ):
+        # Keras accumulates inside a conditional, which MirroredStrategy cannot synchronise
+        # across devices ("merge_call called while defining a new graph").
+        raise ValueError(
+            f"gradient_accumulation_steps={profile.gradient_accumulation_steps} with "
+            f"{strategy.device_count} devices needs KERAS_BACKEND=jax: TensorFlow's "
+            "MirroredStrategy does not support Keras's gradient accumulation; use 1 step or "
+            "one device"
+        )
+    check_accelerator(profile)
     set_seed(profile.seed)
-    precision = configure_precision()
+    precision = configure_precision(profile.precision)
     if splits is None:
         splits = data.load_splits(profile, data_source)
     strategy.check_splits(splits)
@@ -418,6 +664,7 @@ def run_experiment(
                 out_dir=work_dir,
                 resume=resume,
                 callbacks=callbacks,
+                gradient_accumulation_steps=profile.gradient_accumulation_steps,
             )
             history["stage"] = "baseline"
             probabilities = distribute.predict(model, splits.x_test, batch_size)

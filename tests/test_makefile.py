@@ -1,0 +1,60 @@
+"""The Makefile's GPU switch, read with ``make -n`` (prints the recipes, installs nothing)."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_INSTALL = "-r requirements-gpu.txt"
+CPU_INSTALL = "-r requirements.txt"
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def dry_run(venv: Path, *variables: str, extra_path: Path | None = None) -> str:
+    # PATH without any nvidia-smi of this machine, so that detection sees only the fake one.
+    kept = [
+        entry
+        for entry in os.environ["PATH"].split(os.pathsep)
+        if entry and not (Path(entry) / "nvidia-smi").exists()
+    ]
+    path = os.pathsep.join(([str(extra_path)] if extra_path else []) + kept)
+    environment = {key: value for key, value in os.environ.items() if key != "GPU"}
+    result = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "venv", f"VENV={venv}", *variables],
+        env={**environment, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_gpu_1_installs_the_cuda_builds_on_top_of_the_cpu_ones(tmp_path):
+    commands = dry_run(tmp_path / "venv", "GPU=1")
+    assert CPU_INSTALL in commands and GPU_INSTALL in commands
+    assert commands.index(CPU_INSTALL) < commands.index(GPU_INSTALL)
+    assert GPU_INSTALL not in dry_run(tmp_path / "venv", "GPU=0")
+
+
+def test_without_gpu_set_nvidia_smi_on_the_path_turns_it_on(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    assert GPU_INSTALL in dry_run(tmp_path / "venv", extra_path=fake)
+    commands = dry_run(tmp_path / "venv")
+    assert CPU_INSTALL in commands and GPU_INSTALL not in commands
+
+
+def test_turning_gpu_on_later_installs_only_the_cuda_builds(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed").touch()  # a CPU environment, newer than requirements.txt
+    commands = dry_run(venv, "GPU=1")
+    assert GPU_INSTALL in commands and CPU_INSTALL not in commands
+    assert "pip" not in dry_run(venv, "GPU=0")
