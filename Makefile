@@ -8,6 +8,7 @@ PROFILE ?= quick
 BACKBONE ?=
 WEIGHTS ?=
 PRECISION ?=
+SET ?=
 DATA ?=
 
 .PHONY: venv test lint reproduce bench presentation demo screenshot clean
@@ -51,12 +52,14 @@ lint: $(TEST_DEPS)
 test: lint
 	$(PY) -m pytest
 
-# make reproduce [PROFILE=quick] [BACKBONE=...] [WEIGHTS=...] [PRECISION=...] [DATA=...]:
+# make reproduce [PROFILE=quick] [BACKBONE=...] [WEIGHTS=...] [PRECISION=...] [DATA=...]
+#                [SET="key=value key=value"] (any profile setting):
 # notebooks 01-05, then the results table.
 reproduce: $(INSTALLED)
 	$(PY) -m cifar10_transfer reproduce --profile $(PROFILE) \
 		$(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
-		$(if $(PRECISION),--precision $(PRECISION)) $(if $(DATA),--data $(DATA))
+		$(if $(PRECISION),--precision $(PRECISION)) $(if $(DATA),--data $(DATA)) \
+		$(foreach setting,$(SET),--set $(setting))
 
 # make bench: the CPU-sized benchmarks (throughput vs plain PyTorch, feature cache, time to
 # accuracy) and the generated table in benchmarks/README.md. GPU sizes: see benchmarks/README.md.

@@ -11,19 +11,13 @@ change in the machine's load then hits both alike), and each backend's median co
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import common
 
-from cifar10_transfer import fileio
-
-HERE = Path(__file__).resolve().parent
 BACKENDS = ("tensorflow", "jax")
 GOAL_RATIO = 0.8  # jax / tensorflow images per second
 
@@ -44,27 +38,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_throughput(backend: str, args, out: Path) -> dict:
-    options = {
-        "--backbone": args.backbone,
-        "--weights": "none",
-        "--image-size": args.image_size,
-        "--batch-size": args.batch_size,
-        "--precision": args.precision,
-        "--seed": args.seed,
-        "--steps": args.steps,
-        "--warmup": args.warmup,
-        "--out": out,
-    }
-    command = [sys.executable, str(HERE / "throughput.py")]
-    command += [str(part) for option in options.items() for part in option]
-    print(f"$ KERAS_BACKEND={backend}", " ".join(command[1:]), flush=True)
-    environment = {**os.environ, "KERAS_BACKEND": backend}
-    if subprocess.run(command, env=environment).returncode != 0:
-        raise ValueError(f"throughput.py on {backend} failed; its error is above")
-    return fileio.read_json(out)
-
-
 def main(argv=None) -> None:
     args = parse_arguments(argv)
     runs = {backend: [] for backend in BACKENDS}
@@ -73,7 +46,7 @@ def main(argv=None) -> None:
         for repeat in range(args.repeats):
             for backend in BACKENDS if repeat % 2 == 0 else BACKENDS[::-1]:
                 out = Path(folder) / f"{backend}-{repeat}.json"
-                runs[backend].append(run_throughput(backend, args, out))
+                runs[backend].append(common.run_script("throughput.py", args, out, backend))
                 order.append(backend)
     speed = {
         backend: statistics.median(run["images_per_second"] for run in backend_runs)

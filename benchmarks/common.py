@@ -9,6 +9,7 @@ import argparse
 import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def size_argument(text: str):
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
-    """--backbone, --weights, --image-size, --batch-size, --precision, --seed, --out."""
+    """--backbone, --weights, --image-size, --batch-size, --precision, --seed, --set, --out."""
     parser.add_argument(
         "--backbone",
         default=defaults.get("backbone", "efficientnet_lite0"),
@@ -60,6 +61,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other Profile setting, as in the CLI (config.parse_setting); repeatable",
+    )
+    parser.add_argument(
         "--out",
         default=None,
         help="result file (default: benchmarks/results/"
@@ -83,6 +91,21 @@ def add_data_arguments(parser: argparse.ArgumentParser, profile) -> None:
         default=profile.test_size,
         help=f"test images, or 'all' (default: the {profile.name} profile's)",
     )
+
+
+def profile_from(args: argparse.Namespace, base: str, **fixed):
+    """Profile ``base`` with the model arguments, then ``--set``, then ``fixed`` (what the
+    benchmark itself requires) applied: the one override mechanism of CLI and notebooks."""
+    settings = dict(
+        backbone=args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        seed=args.seed,
+    )
+    settings.update(config.parse_setting(text) for text in args.set)
+    return config.profile(base, **{**settings, **fixed})
 
 
 def device_slug(device: str) -> str:
@@ -115,6 +138,31 @@ def write_result(result: dict, out: str | None) -> Path:
     fileio.write_json(out, result)
     print(f"wrote {out}", flush=True)
     return Path(out)
+
+
+def run_script(script: str, args: argparse.Namespace, out: Path, backend: str | None = None):
+    """Run benchmark ``script`` (throughput.py or reference_torch.py) in a subprocess with the
+    speed settings of ``args`` and random weights, on ``backend`` when given; return its JSON."""
+    options = {
+        "--backbone": args.backbone,
+        "--weights": "none",
+        "--image-size": args.image_size,
+        "--batch-size": args.batch_size,
+        "--precision": args.precision,
+        "--seed": args.seed,
+        "--steps": args.steps,
+        "--warmup": args.warmup,
+        "--out": out,
+    }
+    command = [sys.executable, str(Path(__file__).resolve().parent / script)]
+    command += [str(part) for option in options.items() for part in option]
+    environment = dict(os.environ, **({"KERAS_BACKEND": backend} if backend else {}))
+    print("$", *([f"KERAS_BACKEND={backend}"] if backend else []), *command[1:], flush=True)
+    if subprocess.run(command, env=environment).returncode != 0:
+        raise ValueError(
+            f"{script}{f' on {backend}' if backend else ''} failed; its error is above"
+        )
+    return fileio.read_json(out)
 
 
 def run(main) -> None:

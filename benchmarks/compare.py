@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import common
-
-from cifar10_transfer import fileio
-
-HERE = Path(__file__).resolve().parent
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -46,34 +40,16 @@ def missing_reference(backbone: str) -> str | None:
     return None
 
 
-def run_script(script: str, args, out: Path) -> dict:
-    options = {
-        "--backbone": args.backbone,
-        "--weights": "none",
-        "--image-size": args.image_size,
-        "--batch-size": args.batch_size,
-        "--precision": args.precision,
-        "--seed": args.seed,
-        "--steps": args.steps,
-        "--warmup": args.warmup,
-        "--out": out,
-    }
-    command = [sys.executable, str(HERE / script)]
-    command += [str(part) for option in options.items() for part in option]
-    print("$", " ".join(command[1:]), flush=True)
-    if subprocess.run(command).returncode != 0:
-        raise ValueError(f"{script} failed; its error is above")
-    return fileio.read_json(out)
-
-
 def main(argv=None) -> None:
     args = parse_arguments(argv)
     with tempfile.TemporaryDirectory() as folder:
-        ours = run_script("throughput.py", args, Path(folder) / "ours.json")
+        ours = common.run_script("throughput.py", args, Path(folder) / "ours.json")
         skipped = missing_reference(args.backbone)
         reference = None
         if not skipped:
-            reference = run_script("reference_torch.py", args, Path(folder) / "reference.json")
+            reference = common.run_script(
+                "reference_torch.py", args, Path(folder) / "reference.json"
+            )
     ratios = {}
     if reference:
         ratios = {

@@ -28,14 +28,14 @@ from pathlib import Path
 import common
 import timers
 
-from cifar10_transfer import config, data, evaluation, training
+from cifar10_transfer import config, data, evaluation, hardware, models, runs, training
 
 GOAL_SPEEDUP = 10.0
 GOAL_ACCURACY_GAP_POINTS = 0.5
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    quick = config.get_profile("quick")
+    quick = config.PROFILES["quick"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_model_arguments(
         parser, backbone=quick.backbone, image_size=quick.image_size, batch_size=quick.batch_size
@@ -57,12 +57,13 @@ def run_stage(splits, profile: config.Profile, cache_features: bool, runs_dir: P
     # train_head keeps its feature cache under config.RUNS_DIR: point it at this benchmark's.
     config.RUNS_DIR = runs_dir
     training.set_seed(profile.seed)
-    model = training.build_transfer_model(profile)
+    model = models.build_transfer_model(profile)
     timer = timers.StepTimer()
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
+        job = training.Job(Path(folder), callbacks=(timer,))
         _, probabilities = training.train_head(
-            model, splits, profile, Path(folder), cache_features=cache_features, callbacks=[timer]
+            model, splits, profile, job, cache_features=cache_features
         )
         wall_s = time.perf_counter() - started
     return {
@@ -78,21 +79,17 @@ def main(argv=None) -> None:
     args = parse_arguments(argv)
     load_before = os.getloadavg()[0]
     os.environ.setdefault("CIFAR10_VERBOSE", "0")
-    precision = training.configure_precision(args.precision)
-    profile = config.get_profile(
+    profile = common.profile_from(
+        args,
         "quick",
-        backbone=args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
         train_size=args.train_size,
         val_size=args.val_size,
         test_size=args.test_size,
         head_epochs=args.epochs,
         augment=False,
         early_stopping_patience=args.epochs,
-        seed=args.seed,
     )
+    precision = hardware.configure_precision(profile.precision)
     splits = data.make_splits(
         data.load_cifar10(args.data), args.train_size, args.val_size, args.test_size, args.seed
     )
@@ -133,7 +130,7 @@ def main(argv=None) -> None:
         },
         "load_average": [load_before, os.getloadavg()[0]],
         "profile": profile.to_dict(),
-        **training.environment(),
+        **runs.environment(),
         "command": common.command_line(),
     }
     common.write_result(result, args.out)

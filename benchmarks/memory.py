@@ -36,11 +36,11 @@ import common
 import jax
 from throughput import build_unfrozen_model
 
-from cifar10_transfer import config, training
+from cifar10_transfer import config, hardware, runs, training
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    full = config.get_profile("full")
+    full = config.PROFILES["full"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_model_arguments(
         parser,
@@ -109,15 +109,16 @@ def step_memory(model, micro_batch: int, accumulation: int, learning_rate: float
 def main(argv=None) -> None:
     args = parse_arguments(argv)
     load_before = os.getloadavg()[0]
-    training.set_seed(args.seed)
-    precision = training.configure_precision(args.precision)
-    if precision != "float32" and not training.has_accelerator():
+    profile = common.profile_from(args, "full", augment=True)
+    training.set_seed(profile.seed)
+    precision = hardware.configure_precision(profile.precision)
+    if precision != "float32" and not hardware.has_accelerator():
         raise ValueError(
             f"--precision {precision} needs an accelerator: XLA's CPU compiler computes "
             "float16 and bfloat16 in float32, so its plan would show float32's memory"
         )
-    model = build_unfrozen_model(args)
-    learning_rate = config.get_profile("full").finetune_learning_rate
+    model = build_unfrozen_model(profile)
+    learning_rate = profile.finetune_learning_rate
     steps = []
     for micro_batch in args.micro_batch_sizes:
         steps.append(step_memory(model, micro_batch, args.batch_size // micro_batch, learning_rate))
@@ -138,7 +139,7 @@ def main(argv=None) -> None:
         "method": "XLA memory_analysis() of the compiled JAX train step; compiled, not run",
         "steps": steps,
         "load_average": [load_before, os.getloadavg()[0]],
-        **training.environment(),
+        **runs.environment(),
         "command": common.command_line(),
     }
     out = args.out

@@ -167,7 +167,7 @@ def time_feed(feed: str, args, device: torch.device, precision: str) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    # Same wording as training.environment(), so results files pair up by device.
+    # Same wording as runs.environment(), so results files pair up by device.
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
@@ -176,7 +176,7 @@ def main(argv=None) -> None:
     load_before = os.getloadavg()[0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision
-    if precision == "auto":  # the rule of training.auto_precision, without Keras
+    if precision == "auto":  # the rule of hardware.auto_precision, without Keras
         precision = "float32"
         if device.type == "cuda":
             bfloat16 = torch.cuda.get_device_capability(device) >= (8, 0)

@@ -12,6 +12,7 @@ speed does not depend on either.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -20,20 +21,12 @@ import common
 import numpy as np
 import timers
 
-from cifar10_transfer import config, models, training
+from cifar10_transfer import config, hardware, models, runs, training
 
 
-def build_unfrozen_model(args: argparse.Namespace):
-    """The full profile's transfer model from the arguments, augmenting, every layer training."""
-    profile = config.override(
-        config.get_profile("full"),
-        backbone=args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        augment=True,
-        seed=args.seed,
-    )
-    model = training.build_transfer_model(profile)
+def build_unfrozen_model(profile: config.Profile):
+    """The transfer model of ``profile``, augmenting, every layer training."""
+    model = models.build_transfer_model(profile)
     models.set_trainable(model, "all")
     return model
 
@@ -58,10 +51,10 @@ def main(argv=None) -> None:
     args = parse_arguments(argv)
     load_before = os.getloadavg()[0]
     os.environ.setdefault("CIFAR10_VERBOSE", "0")  # no per-step progress bar in the timing
-    training.set_seed(args.seed)
-    precision = training.configure_precision(args.precision)
-    profile = config.get_profile("full")
-    model = build_unfrozen_model(args)
+    profile = common.profile_from(args, "full", augment=True)
+    training.set_seed(profile.seed)
+    precision = hardware.configure_precision(profile.precision)
+    model = build_unfrozen_model(profile)
 
     count = (args.warmup + args.steps) * args.batch_size
     rng = np.random.default_rng(args.seed)
@@ -70,20 +63,16 @@ def main(argv=None) -> None:
     timer = timers.StepTimer()
     with tempfile.TemporaryDirectory() as out_dir:
         # One epoch of warm-up + timed steps; validation and checkpointing come after the timing.
+        stage = training.Stage.of(profile, "finetune")
+        stage = dataclasses.replace(stage, epochs=1, schedule="constant", patience=1)
         training.fit(
             model,
             images,
             labels,
             images[: args.batch_size],
             labels[: args.batch_size],
-            epochs=1,
-            batch_size=args.batch_size,
-            learning_rate=profile.finetune_learning_rate,
-            schedule="constant",
-            patience=1,
-            label_smoothing=profile.label_smoothing,
-            out_dir=Path(out_dir),
-            callbacks=[timer],
+            stage,
+            training.Job(Path(out_dir), callbacks=(timer,)),
         )
     timed = timer.step_ends[args.warmup - 1 :]
     seconds = timed[-1] - timed[0]
@@ -105,7 +94,7 @@ def main(argv=None) -> None:
         "step_time_median_ms": 1000 * timer.median_step_s(args.warmup),
         "first_step_s": timer.first_step_s(),
         "load_average": [load_before, os.getloadavg()[0]],
-        **training.environment(),
+        **runs.environment(),
         "command": common.command_line(),
     }
     common.write_result(result, args.out)

@@ -15,6 +15,7 @@ compilation (the first step's overhead over a typical step) is reported separate
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -25,7 +26,7 @@ import keras
 import timers
 from throughput import build_unfrozen_model
 
-from cifar10_transfer import config, data, evaluation, training
+from cifar10_transfer import config, data, evaluation, hardware, runs, training
 
 
 class TestAccuracyTarget(keras.callbacks.Callback):
@@ -59,7 +60,7 @@ class TestAccuracyTarget(keras.callbacks.Callback):
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    full = config.get_profile("full")
+    full = config.PROFILES["full"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_model_arguments(
         parser, backbone=full.backbone, image_size=full.image_size, batch_size=full.batch_size
@@ -81,34 +82,29 @@ def main(argv=None) -> None:
     load_before = os.getloadavg()[0]
     os.environ.setdefault("CIFAR10_VERBOSE", "0")
     started = time.perf_counter()
-    training.set_seed(args.seed)
-    precision = training.configure_precision(args.precision)
-    profile = config.get_profile("full")
+    profile = common.profile_from(
+        args, "full", augment=True, finetune_learning_rate=args.learning_rate
+    )
+    training.set_seed(profile.seed)
+    precision = hardware.configure_precision(profile.precision)
     splits = data.make_splits(
         data.load_cifar10(args.data), args.train_size, args.val_size, args.test_size, args.seed
     )
-    model = build_unfrozen_model(args)
+    model = build_unfrozen_model(profile)
     setup_s = time.perf_counter() - started
     steps, target = (
         timers.StepTimer(),
         TestAccuracyTarget(splits.x_test, splits.y_test, args.target, args.batch_size),
     )
     with tempfile.TemporaryDirectory() as out_dir:
-        training.fit(
-            model,
-            splits.x_train,
-            splits.y_train,
-            splits.x_val,
-            splits.y_val,
+        stage = dataclasses.replace(
+            training.Stage.of(profile, "finetune"),
             epochs=args.max_epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
             schedule="cosine",
             patience=args.max_epochs,  # only the target stops training
-            label_smoothing=profile.label_smoothing,
-            out_dir=Path(out_dir),
-            callbacks=[steps, target],
         )
+        job = training.Job(Path(out_dir), callbacks=(steps, target))
+        training.fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, stage, job)
     reached = [epoch for epoch in target.epochs if epoch["test_accuracy"] >= args.target]
     result = {
         "benchmark": "time_to_accuracy",
@@ -139,7 +135,7 @@ def main(argv=None) -> None:
         "best_test_accuracy": max(epoch["test_accuracy"] for epoch in target.epochs),
         "epochs": target.epochs,
         "load_average": [load_before, os.getloadavg()[0]],
-        **training.environment(),
+        **runs.environment(),
         "command": common.command_line(),
     }
     common.write_result(result, args.out)

@@ -48,69 +48,82 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_precision_option(parser: argparse.ArgumentParser) -> None:
+# Shortcut flags for the settings changed most often; each is the same as --set KEY=VALUE.
+SHORTCUTS = {
+    "backbone": "efficientnet_lite0, efficientnet_lite2 or a keras.applications name",
+    "weights": "imagenet, none (random init) or a local weights file (offline)",
+    "image_size": "px the 32x32 input is resized to inside the model",
+    "batch_size": "images per optimizer update (global)",
+    "unfreeze": "head | top:N | stage:NAME | gradual | all",
+    "seed": "random seed",
+    "precision": "dtype policy: auto (float32 on a CPU, mixed_float16 on a GPU below compute "
+    "capability 8.0 such as a T4, mixed_bfloat16 from 8.0 on), float32, mixed_float16, "
+    "mixed_bfloat16",
+    "gradient_accumulation_steps": "feed each batch as N micro-batches of batch_size / N and "
+    "update once (same effective batch, less GPU memory; N must divide the batch size)",
+}
+
+
+def _add_profile_options(parser: argparse.ArgumentParser) -> None:
+    """--profile, --set KEY=VALUE for any Profile setting, and the shortcut flags."""
     parser.add_argument(
-        "--precision",
-        choices=config.PRECISIONS,
-        default=None,
-        help="dtype policy (default: the profile's, auto: float32 on a CPU, mixed_float16 on "
-        "a GPU below compute capability 8.0 such as a T4, mixed_bfloat16 from 8.0 on)",
+        "--profile",
+        default="quick",
+        choices=list(config.PROFILES),
+        help="hyper-parameter set (default: quick, the CPU profile)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one Profile setting (repeatable), e.g. --set head_epochs=5; none for "
+        "None (weights: random init), all for a size",
+    )
+    for name, help_text in SHORTCUTS.items():
+        flag = "--" + name.replace("_", "-")
+        choices = config.PRECISIONS if name == "precision" else None
+        parser.add_argument(flag, dest=name, choices=choices, help=help_text)
+    parser.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="train a GPU profile ("
+        + ", ".join(name for name, profile in config.PROFILES.items() if profile.needs_accelerator)
+        + ") on a CPU anyway, despite the estimated time it prints",
     )
 
 
-# --epochs sets the epochs of the experiment's own training stage.
-EPOCH_SETTING = {"head": "head_epochs", "finetune": "finetune_epochs"}
+def _overrides(args: argparse.Namespace) -> dict:
+    """The settings the command line changes, each parsed by ``config.parse_setting``."""
+    texts = [f"{name}={getattr(args, name)}" for name in SHORTCUTS if getattr(args, name)]
+    texts += ["allow_cpu=true"] if args.allow_cpu else []
+    return dict(config.parse_setting(text) for text in texts + args.set)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cifar10_transfer import training
 
-    profile = config.resolve_profile(
-        args.profile,
-        backbone=args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        unfreeze=args.unfreeze,
-        seed=args.seed,
-        precision=args.precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        allow_cpu=args.allow_cpu or None,
-    )
-    overrides = {}
+    overrides = _overrides(args)
     if args.epochs is not None:
-        overrides[EPOCH_SETTING.get(args.experiment, "baseline_epochs")] = args.epochs
+        # --epochs sets the epochs of the experiment's own stage.
+        overrides[f"{config.experiment(args.experiment).stage}_epochs"] = args.epochs
     metrics = training.run_experiment(
         args.experiment,
-        profile=profile,
-        data_source=args.data,
+        config.profile(args.profile, **overrides),
+        data=args.data,
         out_dir=args.out,
         resume=args.resume,
         devices=args.devices,
-        **overrides,
     )
-    print(
-        json.dumps(
-            {
-                key: metrics[key]
-                for key in (
-                    "experiment",
-                    "test_accuracy",
-                    "test_loss",
-                    "epochs",
-                    "wall_time_s",
-                    "device",
-                )
-            }
-        )
-    )
+    keys = ("experiment", "test_accuracy", "test_loss", "epochs", "wall_time_s", "device")
+    print(json.dumps({key: metrics[key] for key in keys}))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cifar10_transfer import data, evaluation, reports
+    from cifar10_transfer import data, evaluation, reports, runs
 
-    model = reports.load_model(args.model)
+    model = runs.load_model(args.model)
     dataset = data.load_cifar10(args.data)
     images, labels = dataset.x_test, dataset.y_test
     if args.test_size is not None:
@@ -142,7 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from cifar10_transfer import export
 
-    out_dir = export.export_run(args.run_dir, args.out, data_source=args.data, force=args.force)
+    out_dir = export.export_run(args.run_dir, args.out, data=args.data, force=args.force)
     examples = "with" if args.data else "without (no --data)"
     print(f"wrote {out_dir}/ {examples} example images; run it with: python {out_dir}/app.py")
     return 0
@@ -161,7 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from cifar10_transfer import export
 
     # The demo always serves a fresh export, replacing an earlier one in --out.
-    out_dir = export.export_run(args.run_dir, args.out, data_source=args.data, force=True)
+    out_dir = export.export_run(args.run_dir, args.out, data=args.data, force=True)
     runpy.run_path(str(out_dir / "app.py"), run_name="__main__")
     return 0
 
@@ -170,15 +183,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from cifar10_transfer import reproduce
 
     try:
-        reproduce.reproduce(
-            args.profile,
-            backbone=args.backbone,
-            weights=args.weights,
-            data=args.data,
-            seed=args.seed,
-            devices=args.devices,
-            precision=args.precision,
-        )
+        reproduce.reproduce(args.profile, _overrides(args), data=args.data, devices=args.devices)
     except reproduce.NotebookError as error:  # the failing cell's error, not a wall of JSON
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -198,39 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=cmd_data_info)
 
     train = commands.add_parser("train", help="train one experiment and write its run folder")
-    train.add_argument(
-        "experiment",
-        choices=["baseline_cnn", "two_layer_fc", "three_layer_cnn", "head", "finetune"],
-    )
-    train.add_argument(
-        "--profile",
-        default="quick",
-        choices=sorted(config.PROFILES),
-        help="hyper-parameter set (default: quick, the CPU profile)",
-    )
+    train.add_argument("experiment", choices=list(config.EXPERIMENTS))
+    _add_profile_options(train)
     _add_data_option(train)
-    train.add_argument("--backbone", help="efficientnet_lite0 or a keras.applications name")
-    train.add_argument("--weights", help="imagenet, none, or a local weights file")
-    train.add_argument("--image-size", type=int, help="px the 32x32 input is resized to")
-    train.add_argument("--batch-size", type=int, help="global batch size (images)")
     train.add_argument("--epochs", type=int, help="epochs of this experiment's stage")
-    train.add_argument("--unfreeze", help="head | top:N | stage:NAME | gradual | all")
-    train.add_argument("--seed", type=int)
-    _add_precision_option(train)
-    train.add_argument(
-        "--gradient-accumulation-steps",
-        type=int,
-        metavar="N",
-        help="feed each batch as N micro-batches of batch-size / N images and update once "
-        "(same effective batch, less GPU memory; N must divide the batch size)",
-    )
-    train.add_argument(
-        "--allow-cpu",
-        action="store_true",
-        help="train a GPU profile ("
-        + ", ".join(name for name, profile in config.PROFILES.items() if profile.needs_accelerator)
-        + ") on a CPU anyway, despite the estimated time it prints",
-    )
     train.add_argument("--out", metavar="DIR", help="run folder (default runs/PROFILE/EXPERIMENT)")
     train.add_argument(
         "--resume",
@@ -258,12 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     rerun = commands.add_parser(
         "reproduce", help="run notebooks 01-05 with papermill and publish the results table"
     )
-    rerun.add_argument("--profile", default="quick", choices=sorted(config.PROFILES))
+    _add_profile_options(rerun)
     _add_data_option(rerun)
-    rerun.add_argument("--backbone", help="override the profile's backbone")
-    rerun.add_argument("--weights", help="imagenet, none, or a local weights file (offline)")
-    rerun.add_argument("--seed", type=int)
-    _add_precision_option(rerun)
     rerun.add_argument("--devices", default=None, help="'all' or N devices (default: 1)")
     rerun.set_defaults(handler=cmd_reproduce)
 
@@ -290,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     deck = commands.add_parser(
         "presentation", help="build the PDF slide deck from results/PROFILE and images/PROFILE"
     )
-    deck.add_argument("--profile", default="quick", choices=sorted(config.PROFILES))
+    deck.add_argument("--profile", default="quick", choices=list(config.PROFILES))
     deck.add_argument(
         "--out", metavar="PDF", help="default: presentation/cifar10-transfer-PROFILE.pdf"
     )

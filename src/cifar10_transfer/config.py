@@ -1,14 +1,18 @@
-"""Paths and experiment profiles: the one place where both are defined.
+"""Paths, experiments and profiles: the one place where each is defined.
 
-A *profile* is one complete hyper-parameter set (airbench style). Every function
-in the package defaults to the active profile's values and accepts overrides, and
-every result records the profile it ran with (``Profile.to_dict``).
+A *profile* is one complete hyper-parameter set (airbench style). ``Profile``'s defaults are
+the base recipe, ``quick``; every other profile is written as the fields it changes. One
+override mechanism serves the CLI (``--set key=value``), the notebooks (``overrides``) and
+the benchmarks: ``profile(name, **overrides)``, with ``parse_setting`` for text. Every
+result records the profile it ran with (``Profile.to_dict``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from pathlib import Path
 
 CLASS_NAMES = (
@@ -25,7 +29,7 @@ CLASS_NAMES = (
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (32, 32, 3)
-# Keras dtype policies a run can use; "auto" picks one for the device (training.auto_precision).
+# Keras dtype policies a run can use; "auto" picks one for the device (hardware.auto_precision).
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -68,43 +72,82 @@ PRIOR_WORK = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Profile:
-    """One recipe. Units are in the comments; ``None`` means "all"."""
+class Experiment:
+    """One entry of the list of experiments: what it builds, how it trains, how it is shown."""
 
     name: str
+    label: str  # results tables and charts; "{backbone}" is filled in
+    stage: str  # "baseline" (from scratch), "head" (frozen backbone) or "finetune"
+    builder: str  # the models function that builds it ("finetune" starts from its prerequisite)
+    prerequisite: str | None = None  # the experiment whose run this one starts from
+
+
+EXPERIMENTS = {
+    experiment.name: experiment
+    for experiment in (
+        Experiment("baseline_cnn", "Seed CNN (from scratch)", "baseline", "baseline_cnn"),
+        Experiment("two_layer_fc", "Two-layer FC (from scratch)", "baseline", "two_layer_fc"),
+        Experiment(
+            "three_layer_cnn", "Three-layer CNN (from scratch)", "baseline", "three_layer_cnn"
+        ),
+        Experiment("head", "{backbone} head only (frozen)", "head", "build_transfer_model"),
+        Experiment("finetune", "{backbone} fine-tuned", "finetune", "", prerequisite="head"),
+    )
+}
+
+
+def experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
+    return EXPERIMENTS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """One recipe; the defaults are the base recipe, ``quick`` (the CPU default, offline: the
+    seed's 10k subset, the full test set, Lite0 at 96 px). Units are in the comments;
+    ``None`` means "all" for sizes and random initialisation for ``weights``.
+
+    Why 96 px: at 128 px, on 2 busy cores, the head stage took 9.6 min (77.6% test) and one
+    fine-tuning epoch 7 min, too slow for the 20-minute budget; 96 px needs (96/128)^2 = 56% of
+    the compute. Augmenting the baselines on the CPU made notebook 02 take 9 min (seed CNN
+    63.2%), so the quick baselines train without it.
+    """
+
+    name: str = "quick"
     # data
-    train_size: int | None  # training images (stratified subset of the 48k left after val)
-    val_size: int  # validation images, held out of the 50k training set, never the test set
-    test_size: int | None  # test images (stratified subset of the 10k)
+    train_size: int | None = 10_000  # training images (stratified subset of the 48k after val)
+    val_size: int = 2_000  # validation images, held out of the 50k training set, never test
+    test_size: int | None = None  # test images (stratified subset of the 10k)
     # transfer model
-    backbone: str
-    weights: str | None  # "imagenet", a local weights file, or None for random init
-    image_size: int  # px, side length the 32x32 input is resized to inside the model
-    head: str  # "seed" (GAP-256-dropout), "slides" (dense-BN-dropout) or "linear"
-    head_units: int  # units of the head's hidden dense layer
-    dropout_rate: float  # head dropout
-    label_smoothing: float
-    batch_size: int  # images per optimizer step (global, across devices)
-    head_epochs: int
-    head_learning_rate: float  # Adam, head stage
-    finetune_epochs: int
-    finetune_learning_rate: float  # Adam, fine-tuning stage (lower: pretrained weights)
-    unfreeze: str  # "top:N" layers, "stage:NAME", "gradual", "all"
-    lr_schedule: str  # "plateau" (ReduceLROnPlateau), "cosine" or "constant"
-    augment: bool  # augmentation layers active while fine-tuning
-    baseline_augment: bool  # augmentation for the from-scratch baselines (costly on a CPU)
-    train_bn: bool  # let BatchNorm train while fine-tuning (off: inference mode, Keras guide)
-    early_stopping_patience: int  # epochs without val_accuracy gain before stopping
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"  # "imagenet", a local weights file, or None (random)
+    image_size: int = 96  # px, side length the 32x32 input is resized to inside the model
+    head: str = "seed"  # "seed" (GAP-256-dropout), "slides" (dense-BN-dropout) or "linear"
+    head_units: int = 256  # units of the head's hidden dense layer
+    dropout_rate: float = 0.5  # head dropout
+    label_smoothing: float = 0.1
+    batch_size: int = 64  # images per optimizer update (global, across devices)
+    head_epochs: int = 15
+    head_learning_rate: float = 1e-3  # Adam, head stage
+    finetune_epochs: int = 3
+    finetune_learning_rate: float = 1e-4  # Adam, fine-tuning stage (lower: pretrained weights)
+    unfreeze: str = "stage:block6"  # "top:N" layers, "stage:NAME", "gradual", "all"
+    lr_schedule: str = "plateau"  # "plateau" (ReduceLROnPlateau), "cosine" or "constant"
+    augment: bool = True  # augmentation layers active while fine-tuning
+    baseline_augment: bool = False  # augmentation for the from-scratch baselines (CPU: costly)
+    train_bn: bool = False  # BatchNorm trains while fine-tuning (off: inference mode)
+    early_stopping_patience: int = 4  # epochs without val_accuracy gain before stopping
     # from-scratch baselines
-    baseline_epochs: int
-    baseline_learning_rate: float  # Adam
-    baseline_batch_size: int  # images per step
+    baseline_epochs: int = 12
+    baseline_learning_rate: float = 1e-3  # Adam
+    baseline_batch_size: int = 64  # images per step
     seed: int = 42
     # dtype policy: "auto" (float32 on a CPU, mixed_float16 below compute capability 8.0,
     # mixed_bfloat16 from 8.0), or "float32", "mixed_float16", "mixed_bfloat16"
     precision: str = "auto"
     # A GPU profile: without an accelerator training refuses to start (hours on a CPU,
-    # training.check_accelerator) unless allow_cpu is set.
+    # hardware.check_accelerator) unless allow_cpu is set.
     needs_accelerator: bool = False
     allow_cpu: bool = False
     # Micro-batches of batch_size / N images per optimizer update (which must divide evenly):
@@ -115,157 +158,112 @@ class Profile:
         return dataclasses.asdict(self)
 
 
+QUICK = Profile()
 PROFILES: dict[str, Profile] = {
+    "quick": QUICK,
     # CI: tiny data, one epoch, 32 px so every notebook finishes in seconds.
-    "smoke": Profile(
+    "smoke": dataclasses.replace(
+        QUICK,
         name="smoke",
         train_size=200,
         val_size=100,
         test_size=200,
-        backbone="efficientnet_lite0",
-        weights="imagenet",
         image_size=32,
-        head="seed",
         head_units=64,
-        dropout_rate=0.5,
         label_smoothing=0.0,
         batch_size=50,
         head_epochs=1,
-        head_learning_rate=1e-3,
         finetune_epochs=1,
-        finetune_learning_rate=1e-4,
         unfreeze="top:20",
-        lr_schedule="plateau",
-        augment=True,
-        baseline_augment=False,
-        train_bn=False,
         early_stopping_patience=2,
         baseline_epochs=1,
-        baseline_learning_rate=1e-3,
         baseline_batch_size=50,
     ),
-    # CPU default, offline: the seed's 10k subset, full test set, Lite0 at 96 px. At 128 px, on
-    # 2 busy cores, the head stage took 9.6 min (77.6% test) and one fine-tuning epoch 7 min:
-    # too slow for the 20-minute budget. 96 px needs (96/128)^2 = 56% of the compute.
-    # Augmenting the baselines on the CPU made notebook 02 take 9 min (seed CNN 63.2%), so the
-    # quick baselines train without it.
-    "quick": Profile(
-        name="quick",
-        train_size=10_000,
-        val_size=2_000,
-        test_size=None,
-        backbone="efficientnet_lite0",
-        weights="imagenet",
-        image_size=96,
-        head="seed",
-        head_units=256,
-        dropout_rate=0.5,
-        label_smoothing=0.1,
-        batch_size=64,
-        head_epochs=15,
-        head_learning_rate=1e-3,
-        finetune_epochs=3,
-        finetune_learning_rate=1e-4,
-        unfreeze="stage:block6",
-        lr_schedule="plateau",
-        augment=True,
-        baseline_augment=False,
-        train_bn=False,
-        early_stopping_patience=4,
-        baseline_epochs=12,
-        baseline_learning_rate=1e-3,
-        baseline_batch_size=64,
-    ),
-    # GPU: all 48k training images, the design's ResNet-50 at 224 px.
-    "full": Profile(
+    # GPU: all 48k training images, the design's ResNet-50 at 224 px, fully unfrozen.
+    "full": dataclasses.replace(
+        QUICK,
         name="full",
         train_size=None,
-        val_size=2_000,
-        test_size=None,
         backbone="resnet50",
-        weights="imagenet",
         image_size=224,
-        head="seed",
-        head_units=256,
-        dropout_rate=0.5,
-        label_smoothing=0.1,
         batch_size=256,
         head_epochs=10,
-        head_learning_rate=1e-3,
         finetune_epochs=10,
-        finetune_learning_rate=1e-4,
         unfreeze="all",
         lr_schedule="cosine",
-        augment=True,
         baseline_augment=True,
-        train_bn=False,
         early_stopping_patience=5,
         baseline_epochs=60,
-        baseline_learning_rate=1e-3,
         baseline_batch_size=128,
         needs_accelerator=True,
     ),
     # The seed setup, for like-for-like comparison with 60.5% / 88.7% / 91%.
-    "paper": Profile(
+    "paper": dataclasses.replace(
+        QUICK,
         name="paper",
-        train_size=10_000,
-        val_size=2_000,
-        test_size=None,
         backbone="resnet50",
-        weights="imagenet",
         image_size=224,
-        head="seed",
-        head_units=256,
-        dropout_rate=0.5,
-        label_smoothing=0.1,
         batch_size=128,
         head_epochs=10,
-        head_learning_rate=1e-3,
         finetune_epochs=15,
-        finetune_learning_rate=1e-4,
         unfreeze="stage:conv4",
-        lr_schedule="plateau",
-        augment=True,
-        baseline_augment=False,
-        train_bn=False,
         early_stopping_patience=5,
         baseline_epochs=30,
-        baseline_learning_rate=1e-3,
-        baseline_batch_size=64,
         needs_accelerator=True,
     ),
 }
+SETTINGS = {field.name: field for field in dataclasses.fields(Profile)}
 
 
-def get_profile(name: str = "quick", **overrides) -> Profile:
-    """Return profile ``name`` with ``overrides`` applied (``weights=None``: random init)."""
-    if name not in PROFILES:
-        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
-    return override(PROFILES[name], **overrides)
-
-
-def override(profile: Profile, **overrides) -> Profile:
-    """``profile`` with some settings replaced; unknown setting names are a ValueError."""
-    fields = {field.name for field in dataclasses.fields(Profile)}
-    unknown = sorted(set(overrides) - fields)
+def profile(base: str | Profile = "quick", **overrides) -> Profile:
+    """Profile ``base`` (a name, or a Profile) with ``overrides`` applied; an unknown profile
+    or setting name is a ValueError. ``profile("quick", backbone="resnet50", seed=43)``."""
+    if isinstance(base, str):
+        if base not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {base!r}")
+        base = PROFILES[base]
+    unknown = sorted(set(overrides) - set(SETTINGS))
     if unknown:
-        raise ValueError(f"unknown profile setting(s) {unknown}; known: {sorted(fields)}")
-    return dataclasses.replace(profile, **overrides)
+        raise ValueError(f"unknown profile setting(s) {unknown}; known: {sorted(SETTINGS)}")
+    return dataclasses.replace(base, **overrides)
 
 
-def resolve_profile(name: str = "quick", **options) -> Profile:
-    """``get_profile`` for the CLI and notebooks: options left unset (None) keep the profile's
-    value; ``weights="none"`` means random initialisation."""
-    overrides = {key: value for key, value in options.items() if value is not None}
-    if overrides.get("weights") == "none":
-        overrides["weights"] = None
-    return get_profile(name, **overrides)
+def parse_setting(text: str) -> tuple[str, object]:
+    """``"key=value"`` -> (key, value typed like the Profile field ``key``). A field that may
+    be None takes ``none`` (weights: random initialisation); a size also takes ``all``."""
+    key, separator, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not separator or key not in SETTINGS:
+        raise ValueError(
+            f"setting {text!r}: expected KEY=VALUE with KEY one of {', '.join(SETTINGS)}"
+        )
+    return key, _typed(key, value.strip())
 
 
-def output_dirs(profile: str, results_dir=None, figures_dir=None) -> tuple[Path, Path]:
+def _typed(key: str, value: str):
+    annotation = typing.get_type_hints(Profile)[key]
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    kinds = kinds or (annotation,)
+    if type(None) in kinds and value.lower() in (
+        "none",
+        "all" if key.endswith("_size") else "none",
+    ):
+        return None
+    kind = next(kind for kind in kinds if kind is not type(None))
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"setting {key}={value!r}: expected true or false")
+        return value.lower() in ("true", "1", "yes")
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"setting {key}={value!r}: expected {kind.__name__}") from None
+
+
+def output_dirs(profile_name: str, results_dir=None, figures_dir=None) -> tuple[Path, Path]:
     """A notebook's output folders: JSON in results/<profile>, figures in images/<profile>."""
-    results = Path(results_dir) if results_dir else RESULTS_DIR / profile
-    figures = Path(figures_dir) if figures_dir else IMAGES_DIR / profile
+    results = Path(results_dir) if results_dir else RESULTS_DIR / profile_name
+    figures = Path(figures_dir) if figures_dir else IMAGES_DIR / profile_name
     results.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
     return results, figures

@@ -86,11 +86,12 @@ class Splits:
     verified: bool
 
 
-def load_cifar10(source: str | os.PathLike | None = None) -> CIFAR10:
-    """Load CIFAR-10 from ``source``, else ``$CIFAR10_DATA``, else the official download."""
-    if source is None:
-        source = os.environ.get("CIFAR10_DATA") or _download_official()
-    path = Path(source).expanduser().resolve()
+def load_cifar10(data: str | os.PathLike | None = None) -> CIFAR10:
+    """Load CIFAR-10 from ``data`` (a path), else ``$CIFAR10_DATA``, else the official
+    download. ``CIFAR10.source`` records where it came from."""
+    if data is None:
+        data = os.environ.get("CIFAR10_DATA") or _download_official()
+    path = Path(data).expanduser().resolve()
     if not path.exists():
         raise DataError(f"data source {path} does not exist; {EXPECTED_SOURCES}")
     key, verified, verification = _fingerprint(path)

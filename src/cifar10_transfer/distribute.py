@@ -1,7 +1,10 @@
 """Data-parallel training over several devices, with Keras's own engines.
 
-``setup(devices, batch_size)`` returns a ``Placement``; models are built, compiled, fitted
-and used for prediction inside ``placement.scope()``. With one device nothing changes. With
+``setup(devices, batch_size)`` returns a ``Placement``: the one object training talks to.
+Models are built, compiled, fitted and used for prediction inside ``placement.scope()``;
+``placement.local`` gives this process's rows, ``placement.predict`` all predictions,
+``placement.is_chief`` says whether this process writes the run folder, and
+``placement.finish`` tidies up and waits for the others. With one device nothing changes. With
 N devices every device holds a full copy of the weights, each global batch is split into N
 equal slices along the batch axis, and the gradients are averaged across devices before
 each step, so a run computes what one device would, only faster:
@@ -18,20 +21,18 @@ and MirroredStrategy would weight its unequal slices wrongly.
 
 Learning rate: the profile learning rates are tuned for the profile's global batch size.
 Changing the number of devices keeps the global batch and so needs no change. When you
-change ``batch_size`` itself, follow the linear scaling rule (Goyal et al., 2017) and
-multiply the learning rates by new/old batch size: ``scaled_learning_rates(profile,
-batch_size)`` does this and is opt-in, since for Adam the rule is a starting point, not a
-guarantee.
+change ``batch_size`` itself, the linear scaling rule (Goyal et al., 2017: multiply the
+learning rates by new/old batch size) is a starting point for Adam, not a guarantee.
 
 Several machines (JAX only): one process per machine, each started with Keras's
 ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` (the coordinator, process 0, first),
 ``KERAS_DISTRIBUTION_NUM_PROCESSES`` and ``KERAS_DISTRIBUTION_PROCESS_ID``. ``setup`` joins
 the cluster (``keras.distribution.initialize``) before anything touches a JAX device, and
 ``DataParallel`` spans every device of every machine. Each process feeds its own slice of
-every split (``process_slice``) with a per-process batch of ``batch_size / processes``;
-``predict`` and ``gather`` give every process all the predictions; only the chief
-(process 0) writes the run folder (``is_chief``), while the others keep their Keras backup
-(for ``resume``) in ``<run folder>.process<N>``. Fine-tuning loads the head run's model,
+every split (``Placement.local``) with a per-process batch of ``batch_size / processes``;
+``Placement.predict`` gives every process all the predictions; only the chief (process 0)
+writes the run folder (``is_chief``), while the others keep their Keras backup (for
+``resume``) in ``<run folder>.process<N>``. Fine-tuning loads the head run's model,
 so for it the runs folder must be one that every machine sees (a shared filesystem).
 """
 
@@ -41,12 +42,13 @@ import contextlib
 import dataclasses
 import functools
 import os
+import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from cifar10_transfer import config
+from cifar10_transfer import hardware
 
 # The variables keras.distribution.initialize() reads to join a multi-host cluster.
 MULTI_HOST_VARIABLES = (
@@ -107,17 +109,6 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def list_devices() -> list[str]:
-    """``keras.distribution.list_devices()``, also on the torch backend, for which Keras has no
-    distribution library (the call fails there): one "gpu:N" per CUDA device, else ["cpu:0"]."""
-    if keras.backend.backend() != "torch":
-        return keras.distribution.list_devices()
-    import torch  # torch backend only: Keras offers no device listing for it
-
-    count = torch.cuda.device_count()
-    return [f"gpu:{index}" for index in range(count)] if count else ["cpu:0"]
-
-
 def worker_dir(out_dir: Path) -> Path:
     """Where a non-chief process keeps its Keras working files (backup, checkpoint)."""
     return out_dir.with_name(f"{out_dir.name}.process{process_index()}")
@@ -144,7 +135,8 @@ def _join_cluster() -> None:
 @dataclasses.dataclass(frozen=True)
 class Placement:
     """Where a run trains: ``engine`` is None (one device), a Keras ``DataParallel`` (JAX)
-    or a ``tf.distribute.MirroredStrategy`` (TensorFlow)."""
+    or a ``tf.distribute.MirroredStrategy`` (TensorFlow). On one machine every method but
+    ``scope`` is the identity, so training code reads as single-device code."""
 
     device_count: int = 1
     engine: object = None
@@ -164,6 +156,37 @@ class Placement:
                 f"{self.device_count} devices every split size must be a multiple of "
                 f"{self.device_count}, so that its last batch splits evenly across the devices"
             )
+
+    @property
+    def is_chief(self) -> bool:
+        return is_chief()
+
+    def local(self, *arrays):
+        """This process's rows of each array, and its share of a global batch size."""
+        return tuple(process_slice(array) for array in arrays)
+
+    def local_batch(self, batch_size: int) -> int:
+        return batch_size // process_count()
+
+    def agree(self, flag: bool) -> bool:
+        return on_every_process(flag)
+
+    def predict(self, model, images, batch_size: int) -> np.ndarray:
+        return predict(model, images, batch_size)
+
+    def predictor(self, model) -> Predictor:
+        return Predictor(model)
+
+    def work_dir(self, out_dir: Path) -> Path:
+        """The run folder for the chief; a process's own working folder for the others."""
+        return out_dir if is_chief() else worker_dir(out_dir)
+
+    def finish(self, work_dir: Path) -> None:
+        """Remove a non-chief's working folder; wait until the chief has written the run
+        folder (fine-tuning loads the head run's model next)."""
+        if not is_chief():
+            shutil.rmtree(work_dir)
+        barrier("run folder written")
 
 
 def predict(model, images, batch_size: int) -> np.ndarray:
@@ -246,7 +269,7 @@ def setup(devices, batch_size: int) -> Placement:
             f"devices={devices!r}: data-parallel training needs "
             f"KERAS_BACKEND=jax or tensorflow, not {backend}"
         )
-    available = keras.distribution.list_devices()
+    available = hardware.list_devices()
     count = _device_count(devices, available)
     if batch_size % count:
         raise ValueError(
@@ -272,17 +295,3 @@ def _mirrored_strategy(device_type: str, count: int):
 
     names = [device.name for device in tf.config.list_logical_devices(device_type)[:count]]
     return tf.distribute.MirroredStrategy(devices=names)
-
-
-def scaled_learning_rates(profile: config.Profile, batch_size: int) -> config.Profile:
-    """``profile`` with global ``batch_size`` and its transfer learning rates scaled by
-    ``batch_size / profile.batch_size`` (linear scaling rule; baselines keep theirs)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    factor = batch_size / profile.batch_size
-    return dataclasses.replace(
-        profile,
-        batch_size=batch_size,
-        head_learning_rate=profile.head_learning_rate * factor,
-        finetune_learning_rate=profile.finetune_learning_rate * factor,
-    )

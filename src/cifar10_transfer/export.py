@@ -19,7 +19,8 @@ import keras
 import numpy as np
 from PIL import Image
 
-from cifar10_transfer import config, data, evaluation, fileio, models
+from cifar10_transfer import config, evaluation, fileio, models
+from cifar10_transfer import data as datasets
 
 TEMPLATE_DIR = Path(__file__).with_name("deploy_template")
 REQUIRED_METRICS = ("test_accuracy", "test_loss", "per_class_accuracy", "class_names")
@@ -85,9 +86,9 @@ def _write_inference_model(run_model: Path, model_path: Path, class_names: list[
         raise ValueError(f"{model_path}: the inference copy predicts differently from {run_model}")
 
 
-def _write_examples(folder: Path, data_source) -> str:
+def _write_examples(folder: Path, data) -> str:
     """One test image per class as examples/<class>.png; return the card's note about them."""
-    dataset = data.load_cifar10(data_source)
+    dataset = datasets.load_cifar10(data)
     folder.mkdir()
     for label, name in enumerate(dataset.class_names):
         first = int((dataset.y_test == label).nonzero()[0][0])  # first by index: no cherry-picking
@@ -175,7 +176,7 @@ def _looks_like_export(folder: Path) -> bool:
 def export_run(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike = "deploy",
-    data_source=None,
+    data=None,
     force: bool = False,
 ) -> Path:
     """Write the demo folder for ``run_dir`` to ``out_dir`` and return ``out_dir``.
@@ -183,7 +184,7 @@ def export_run(
     The folder is built beside ``out_dir`` and renamed into place, so a failure leaves nothing
     half-written. An existing ``out_dir`` is replaced only with ``force`` and only when it is
     empty or an earlier export (so ``--out .`` can never wipe a project). Without
-    ``data_source`` the demo has no example images.
+    ``data`` the demo has no example images.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     metrics = read_run(run_dir)
@@ -206,13 +207,13 @@ def export_run(
         (building / "class_names.json").write_text(json.dumps(metrics["class_names"]) + "\n")
         for name in ("app.py", "requirements.txt"):
             shutil.copyfile(TEMPLATE_DIR / name, building / name)
-        if data_source is None:
+        if data is None:
             examples_note = (
                 "No example images were exported (run `cifar10-transfer export` with "
                 "`--data SRC` to add one CIFAR-10 test image per class)."
             )
         else:
-            examples_note = _write_examples(building / "examples", data_source)
+            examples_note = _write_examples(building / "examples", data)
         run_name = "/".join(run_dir.resolve().parts[-2:])  # e.g. quick/finetune, no local path
         card = model_card(metrics, run_name, examples_note)
         (building / "README.md").write_text(card, encoding="utf-8")

@@ -267,6 +267,14 @@ BASELINES = {
     "three_layer_cnn": three_layer_cnn,
 }
 
+
+def build(experiment: config.Experiment, profile: config.Profile) -> keras.Model:
+    """The untrained model of ``experiment`` (``config.EXPERIMENTS``) with ``profile``'s
+    settings: a baseline by its builder's name, or ``build_transfer_model``."""
+    if experiment.builder == "build_transfer_model":
+        return build_transfer_model(profile)
+    return BASELINES[experiment.builder](augment=profile.baseline_augment, seed=profile.seed)
+
 # ---------------------------------------------------------------- transfer model
 
 
@@ -432,33 +440,33 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 # ---------------------------------------------------------------- freezing
 
 
-def set_trainable(model: keras.Model, strategy: str, train_bn: bool = False) -> int:
+def set_trainable(model: keras.Model, unfreeze: str, train_bn: bool = False) -> int:
     """Set what the backbone trains; return the number of trainable weights of ``model``.
 
-    strategy: "head" (backbone frozen), "top:N" (last N backbone layers), "stage:NAME"
+    unfreeze: "head" (backbone frozen), "top:N" (last N backbone layers), "stage:NAME"
     (from the first layer named NAME* to the end, e.g. "stage:conv5" or "stage:block6"),
     or "all". BatchNormalization layers stay frozen unless ``train_bn``.
     Recompile the model afterwards: Keras reads ``trainable`` when compiling.
     """
     backbone = model.get_layer("backbone")
     backbone_layers = backbone.layers
-    if strategy == "head":
+    if unfreeze == "head":
         backbone.trainable = False
         return len(model.trainable_weights)
-    if strategy == "all":
+    if unfreeze == "all":
         first = 0
-    elif strategy.startswith("top:"):
-        count = _positive_int(strategy[4:], strategy)
+    elif unfreeze.startswith("top:"):
+        count = _positive_int(unfreeze[4:], unfreeze)
         first = max(len(backbone_layers) - count, 0)
-    elif strategy.startswith("stage:"):
-        stage = strategy[6:]
+    elif unfreeze.startswith("stage:"):
+        stage = unfreeze[6:]
         matches = [i for i, layer in enumerate(backbone_layers) if layer.name.startswith(stage)]
         if not matches:
             raise ValueError(f"unfreeze stage {stage!r} matches no layer of the backbone")
         first = matches[0]
     else:
         raise ValueError(
-            f"unfreeze must be 'head', 'top:N', 'stage:NAME' or 'all', got {strategy!r}"
+            f"unfreeze must be 'head', 'top:N', 'stage:NAME' or 'all', got {unfreeze!r}"
         )
     backbone.trainable = True
     for index, layer in enumerate(backbone_layers):
@@ -467,12 +475,27 @@ def set_trainable(model: keras.Model, strategy: str, train_bn: bool = False) -> 
     return len(model.trainable_weights)
 
 
-def _positive_int(text: str, strategy: str) -> int:
+def _positive_int(text: str, unfreeze: str) -> int:
     if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"unfreeze {strategy!r}: N must be a positive integer")
+        raise ValueError(f"unfreeze {unfreeze!r}: N must be a positive integer")
     return int(text)
 
 
 def gradual_steps(total_layers: int, step: int = 5, steps: int = 4) -> list[str]:
     """Gradual unfreezing: top 5, 10, 15, 20 layers (each stage at a lower learning rate)."""
     return [f"top:{min(step * (i + 1), total_layers)}" for i in range(steps)]
+
+
+def build_transfer_model(profile: config.Profile) -> keras.Model:
+    """``transfer_model`` with the profile's backbone, size, head and augmentation."""
+    return transfer_model(
+        backbone=profile.backbone,
+        weights=profile.weights,
+        image_size=profile.image_size,
+        head=profile.head,
+        head_units=profile.head_units,
+        dropout_rate=profile.dropout_rate,
+        augment=profile.augment,
+        train_bn=profile.train_bn,
+        seed=profile.seed,
+    )

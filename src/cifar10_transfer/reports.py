@@ -1,98 +1,21 @@
-"""From run folders to published results: error figures, summary tables, the README.
+"""From published runs to results: error figures, summary tables, the README.
 
-A run folder (``runs/<profile>/<experiment>/``, git-ignored) holds the model and its
-test-set probabilities. ``publish_run`` copies the small, reviewable part
-(``metrics.json``, ``history.csv``) to ``results/<profile>/<experiment>/``, and
 ``write_summary`` turns every published run into ``summary.json`` and ``results.md``.
 ``eda_summary`` and ``error_analysis`` are what notebooks 01 and 05 write to ``eda.json`` and
 ``error_analysis.json``, which the slide deck reads. Nothing here re-runs a model: figures and
-tables come from the stored predictions. Keras is imported only to load a model, so the deck
-and the benchmark summary use this module without a backend.
+tables come from the stored predictions, and no Keras backend is imported, so the deck and the
+benchmark summary use this module without one.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cifar10_transfer import config, data, evaluation, fileio, plots
-
-EXPERIMENT_LABELS = {
-    "baseline_cnn": "Seed CNN (from scratch)",
-    "two_layer_fc": "Two-layer FC (from scratch)",
-    "three_layer_cnn": "Three-layer CNN (from scratch)",
-    "head": "{backbone} head only (frozen)",
-    "finetune": "{backbone} fine-tuned",
-}
-EXPERIMENT_ORDER = list(EXPERIMENT_LABELS)
-
-
-@dataclass(frozen=True)
-class Run:
-    path: Path
-    metrics: dict
-    history: pd.DataFrame
-    y_true: np.ndarray
-    probabilities: np.ndarray
-
-    @property
-    def label(self) -> str:
-        return experiment_label(self.metrics)
-
-
-def experiment_label(metrics: dict) -> str:
-    template = EXPERIMENT_LABELS.get(metrics["experiment"], metrics["experiment"])
-    return template.format(backbone=metrics.get("backbone") or "")
-
-
-def load_model(path: str | os.PathLike):
-    """Load ``model.keras`` (or the one inside a run folder) with ``safe_mode=True``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no such model file (expected a .keras file or a run "
-            "folder holding model.keras)"
-        )
-    import keras
-
-    # For its side effect: it registers RandomAffine, the augmentation layer of trained models.
-    from cifar10_transfer import models  # noqa: F401
-
-    try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except Exception as error:  # Keras raises many types for a bad archive
-        raise ValueError(f"{path}: not a loadable Keras model ({error})") from None
-
-
-def load_run(run_dir: str | os.PathLike) -> Run:
-    """Metrics, history and stored test predictions of one run folder."""
-    run_dir = Path(run_dir)
-    metrics = fileio.read_json(run_dir / "metrics.json")
-    predictions = run_dir / "predictions.npz"
-    if not predictions.exists():
-        raise FileNotFoundError(f"{predictions}: missing; rerun the experiment to create it")
-    with np.load(predictions, allow_pickle=False) as stored:
-        y_true, probabilities = stored["y_true"], stored["probabilities"]
-    return Run(run_dir, metrics, pd.read_csv(run_dir / "history.csv"), y_true, probabilities)
-
-
-def publish_run(run_dir: str | os.PathLike, results_dir: str | os.PathLike) -> Path:
-    """Copy a run's metrics.json and history.csv to ``results_dir/<experiment>/``."""
-    run = Path(run_dir)
-    experiment = fileio.read_json(run / "metrics.json")["experiment"]
-    target = Path(results_dir) / experiment
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.json", "history.csv"):
-        with fileio.atomic_path(target / name) as temporary:
-            shutil.copyfile(run / name, temporary)
-    return target
+from cifar10_transfer import config, data, evaluation, fileio, plots, runs
 
 
 def stage_boundary(history: pd.DataFrame) -> int | None:
@@ -142,7 +65,7 @@ def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
         rows.append(
             {
                 "experiment": metrics["experiment"],
-                "model": experiment_label(metrics),
+                "model": runs.experiment_label(metrics),
                 "test_accuracy": metrics["test_accuracy"],
                 "tta_test_accuracy": metrics.get("tta_test_accuracy"),
                 "test_loss": metrics["test_loss"],
@@ -161,7 +84,7 @@ def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"{results_dir}: no */metrics.json to summarise")
     table = pd.DataFrame(rows)
-    order = {name: index for index, name in enumerate(EXPERIMENT_ORDER)}
+    order = {name: index for index, name in enumerate(config.EXPERIMENTS)}
     return table.sort_values("experiment", key=lambda column: column.map(order)).reset_index(
         drop=True
     )
@@ -232,7 +155,7 @@ def eda_summary(dataset: data.CIFAR10) -> dict:
     }
 
 
-def error_analysis(run: Run, class_names=config.CLASS_NAMES, top_k: int = 5) -> dict:
+def error_analysis(run: runs.Run, class_names=config.CLASS_NAMES, top_k: int = 5) -> dict:
     """``error_analysis.json`` (notebook 05, of the best run; the deck's error and calibration
     slides): the run's test accuracies, its calibration error and its ``top_k`` most confused
     class pairs, both directions added (``evaluation.most_confused_pairs``)."""

@@ -71,38 +71,33 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None) -> list[Pa
 
 
 def reproduce(
-    profile: str = "quick",
-    backbone: str | None = None,
-    weights: str | None = None,
-    data: str | None = None,
-    seed: int | None = None,
-    devices=None,
-    precision: str | None = None,
+    profile_name: str = "quick", overrides: dict | None = None, data=None, devices=None
 ) -> Path:
-    """Run the five notebooks, write the summary and update the README; return results.md."""
-    settings = config.resolve_profile(
-        profile, backbone=backbone, weights=weights, seed=seed, precision=precision
-    )
+    """Run the five notebooks with profile ``profile_name`` changed by ``overrides`` (any
+    Profile settings), write the summary and update the README; return results.md."""
+    overrides = dict(overrides or {})
+    profile = config.profile(profile_name, **overrides)  # unknown settings fail here
+    # A GPU profile on a CPU stops here, before notebook 01, not in notebook 02.
+    from cifar10_transfer import hardware
+
+    hardware.check_accelerator(profile)
     # Notebooks run in notebooks/, not the caller's folder.
     if data is not None:
         data = str(Path(data).resolve())
-    if weights not in (None, "imagenet", "none"):
-        weights = str(Path(weights).resolve())
+    if overrides.get("weights") not in (None, "imagenet"):
+        overrides["weights"] = str(Path(overrides["weights"]).resolve())
     parameters = {
-        "profile": profile,
-        "backbone": backbone,
-        "weights": weights,
+        "profile_name": profile_name,
+        "overrides": overrides,
         "data": data,
-        "seed": settings.seed,
         "devices": devices,
-        "precision": settings.precision,
     }
-    results_dir = config.RESULTS_DIR / profile
+    results_dir = config.RESULTS_DIR / profile_name
     run_notebooks(parameters, results_dir / "notebooks")
     table = reports.summary_table(results_dir)  # written by notebook 05
-    markdown = reports.results_markdown(table, profile)
+    markdown = reports.results_markdown(table, profile_name)
     readme = config.ROOT / "README.md"
-    marker = f"results-{profile}"
+    marker = f"results-{profile_name}"
     if readme.exists() and f"<!-- {marker}:start -->" in readme.read_text(encoding="utf-8"):
         reports.update_readme(markdown, readme, marker=marker)
         print(f"updated the results table in {readme}")

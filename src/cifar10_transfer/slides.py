@@ -156,15 +156,15 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _unfreeze(strategy: str) -> str:
-    kind, _, name = strategy.partition(":")
+def _unfreeze(unfreeze: str) -> str:
+    kind, _, name = unfreeze.partition(":")
     descriptions = {
         "top": f"unfreeze the top {name} layers",
         "stage": f"unfreeze from {name} on",
         "all": "unfreeze every layer",
         "gradual": "gradual unfreezing",
     }
-    return descriptions.get(kind, f"unfreeze {strategy}")
+    return descriptions.get(kind, f"unfreeze {unfreeze}")
 
 
 def _lines(

@@ -1,19 +1,18 @@
-"""Training engine: baselines, the frozen-backbone head stage and fine-tuning.
+"""Training engine: the from-scratch baselines, the frozen-backbone head stage and
+fine-tuning, read top to bottom as single-device code.
 
-``run_experiment`` is what the CLI and the notebooks call. Each run writes a folder
-with ``model.keras``, ``metrics.json``, ``history.csv`` and ``predictions.npz`` (the
-test-set probabilities, so evaluation never re-runs the model).
+``run_experiment`` is what the CLI and the notebooks call: it sets up the device, seed and
+precision, loads the data, runs the experiment's stage (``train_baseline``, ``train_head``
+or ``fine_tune``, each over a ``Stage`` of settings read from the profile) and writes the
+run folder (``runs``). Placement on several devices or machines is one ``Placement``
+object (``distribute``).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import hashlib
 import os
-import platform
-import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,17 +20,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from cifar10_transfer import (
-    __version__,
-    config,
-    data,
-    distribute,
-    evaluation,
-    fileio,
-    models,
-)
+from cifar10_transfer import config, distribute, evaluation, fileio, hardware, models, runs
+from cifar10_transfer import data as datasets
 
-EXPERIMENTS = ("baseline_cnn", "two_layer_fc", "three_layer_cnn", "head", "finetune")
 SCHEDULES = ("plateau", "cosine", "constant")
 PLATEAU_FACTOR = 0.2  # ReduceLROnPlateau: multiply the learning rate by this...
 PLATEAU_PATIENCE = 2  # ...after this many epochs without val_loss improvement
@@ -39,223 +30,64 @@ MIN_LEARNING_RATE = 1e-7
 GRADUAL_DECAY = 0.5  # gradual unfreezing: each step's learning rate relative to the previous
 
 
-# ---------------------------------------------------------------- environment
-
-
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and the backend (``keras.utils.set_random_seed``)."""
     keras.utils.set_random_seed(seed)
 
 
-# NVIDIA GPUs have bfloat16 tensor cores from compute capability 8.0 (Ampere: A100) on. Below
-# that (a T4 is 7.5, a V100 7.0) bfloat16 runs at float32 speed with extra casts, while
-# float16 has tensor cores; float16's narrow range needs loss scaling, which Keras adds
-# itself (LossScaleOptimizer) when a model is compiled under "mixed_float16".
-BFLOAT16_MIN_CAPABILITY = (8, 0)
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What one stage's ``fit`` needs, read from the profile by ``Stage.of``."""
 
+    name: str  # "baseline", "head" or "finetune"
+    epochs: int
+    batch_size: int  # images per optimizer update (global)
+    learning_rate: float  # Adam, initial
+    schedule: str  # "plateau", "cosine" or "constant"
+    patience: int  # early stopping: epochs without val_accuracy gain
+    label_smoothing: float
+    gradient_accumulation_steps: int = 1  # micro-batches per update
 
-@functools.cache
-def gpu_info() -> dict | None:
-    """Name and compute capability of the first NVIDIA GPU (from nvidia-smi, whatever the
-    backend); None when Keras sees no GPU. The capability is None when nvidia-smi is missing."""
-    if not any(d.startswith("gpu") for d in distribute.list_devices()):
-        return None
-    try:
-        result = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
+    @classmethod
+    def of(cls, profile: config.Profile, name: str) -> Stage:
+        epochs, batch_size, learning_rate = {
+            "baseline": (
+                profile.baseline_epochs,
+                profile.baseline_batch_size,
+                profile.baseline_learning_rate,
+            ),
+            "head": (profile.head_epochs, profile.batch_size, profile.head_learning_rate),
+            "finetune": (
+                profile.finetune_epochs,
+                profile.batch_size,
+                profile.finetune_learning_rate,
+            ),
+        }[name]
+        return cls(
+            name,
+            epochs,
+            batch_size,
+            learning_rate,
+            profile.lr_schedule,
+            profile.early_stopping_patience,
+            profile.label_smoothing,
+            profile.gradient_accumulation_steps,
         )
-        name, capability = (part.strip() for part in result.stdout.splitlines()[0].split(","))
-        major, minor = capability.split(".")
-        return {"name": name, "compute_capability": (int(major), int(minor))}
-    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
-        return {"name": "gpu", "compute_capability": None}
+
+    @property
+    def micro_batch_size(self) -> int:
+        return micro_batch_size(self.batch_size, self.gradient_accumulation_steps)
 
 
-def auto_precision(gpu: dict | None) -> tuple[str, str]:
-    """The dtype policy "auto" picks for ``gpu`` (``gpu_info()``), and why."""
-    if gpu is None:
-        return "float32", "no GPU: mixed precision does not speed up a CPU"
-    capability = gpu["compute_capability"]
-    if capability is None:
-        return "mixed_float16", f"{gpu['name']}: compute capability unknown, float16 runs on all"
-    shown = ".".join(map(str, capability))
-    if tuple(capability) >= BFLOAT16_MIN_CAPABILITY:
-        return "mixed_bfloat16", f"{gpu['name']}: compute capability {shown} has bfloat16 units"
-    return (
-        "mixed_float16",
-        f"{gpu['name']}: compute capability {shown} < 8.0 has no bfloat16 units; "
-        "float16 with loss scaling",
-    )
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Where a run trains: its working folder, whether it resumes, extra Keras callbacks
+    (e.g. for tests) and its device placement."""
 
-
-def configure_precision(precision: str = "auto") -> str:
-    """Set the global dtype policy and return it; "auto" follows ``auto_precision``."""
-    if precision not in config.PRECISIONS:
-        choices = ", ".join(config.PRECISIONS)
-        raise ValueError(f"precision must be one of {choices}, got {precision!r}")
-    if precision == "auto":
-        precision, reason = auto_precision(gpu_info())
-        print(f"precision: {precision} (auto; {reason})", flush=True)
-    keras.config.set_dtype_policy(precision)
-    return precision
-
-
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=config.CHECKOUT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return result.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _device_name() -> str:
-    gpu = gpu_info()
-    if gpu is not None:
-        return gpu["name"]
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def environment() -> dict:
-    """Provenance of a run: code version, backend, library versions and device."""
-    backend = keras.backend.backend()
-    versions = {
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "cifar10_transfer": __version__,
-    }
-    backend_module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
-    if backend_module:
-        versions[backend_module] = __import__(backend_module).__version__
-    return {
-        "backend": backend,
-        "versions": versions,
-        "device": _device_name(),
-        "git_commit": _git_commit(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-# ---------------------------------------------------------------- CPU guard
-
-# Where the CPU cost model of check_accelerator finds its measured throughput.
-CPU_MEASUREMENTS = config.CHECKOUT / "benchmarks" / "results"
-CIFAR10_TRAIN_IMAGES, CIFAR10_TEST_IMAGES = 50_000, 10_000
-# A forward pass costs about a third of a training step (whose backward pass costs about two
-# forward passes).
-FORWARD_COST = 1 / 3
-
-
-def has_accelerator() -> bool:
-    return any(not device.startswith("cpu") for device in distribute.list_devices())
-
-
-def cpu_throughput(backbone: str, results_dir: Path = CPU_MEASUREMENTS) -> dict | None:
-    """The fastest CPU training throughput of ``backbone`` that benchmarks/throughput.py (alone
-    or within compare.py) wrote to ``results_dir``; None without one.
-
-    Fastest per pixel, because other work on a CPU only ever slows a measurement down.
-    """
-    best = None
-    for path in sorted(Path(results_dir).glob("*.json")):
-        try:
-            result = fileio.read_json(path)
-        except (OSError, ValueError):
-            continue
-        if result.get("benchmark") == "compare":
-            result = result.get("ours") or {}
-        if (
-            result.get("benchmark") != "throughput"
-            or result.get("backbone") != backbone
-            or not str(result.get("device", "")).startswith("cpu")
-        ):
-            continue
-        pixels_per_second = result["images_per_second"] * result["image_size"] ** 2
-        if best is None or pixels_per_second > best["pixels_per_second"]:
-            cores = re.search(r"(\d+) cores", result["device"])
-            best = {
-                "images_per_second": result["images_per_second"],
-                "image_size": result["image_size"],
-                "pixels_per_second": pixels_per_second,
-                "device": result["device"],
-                "cores": int(cores.group(1)) if cores else None,
-                "file": path.name,
-            }
-    return best
-
-
-def cpu_seconds_estimate(profile: config.Profile, measurement: dict) -> float:
-    """Estimated CPU seconds of ``profile``'s head and fine-tuning stages (a cost model, not a
-    measurement).
-
-    Work, in training-step images: the head stage passes train + val + test once through the
-    backbone (cached features; the head's own epochs are negligible), fine-tuning trains on
-    the training images every epoch, validates every epoch and predicts the test images
-    twice (flip TTA); a forward pass counts FORWARD_COST of a step, every layer trains. Cost
-    per image: 1 / the measured images/s, times (image_size / measured size)^2 since a
-    convolutional network's work grows with its input's pixels, times measured cores / this
-    machine's cores.
-    """
-    val = profile.val_size
-    train = profile.train_size or CIFAR10_TRAIN_IMAGES - val
-    test = profile.test_size or CIFAR10_TEST_IMAGES
-    head = (train + val + test) * FORWARD_COST
-    finetune = profile.finetune_epochs * (train + val * FORWARD_COST) + 2 * test * FORWARD_COST
-    seconds_per_image = 1 / measurement["images_per_second"]
-    seconds_per_image *= (profile.image_size / measurement["image_size"]) ** 2
-    if measurement["cores"]:
-        seconds_per_image *= measurement["cores"] / (os.cpu_count() or 1)
-    return (head + finetune) * seconds_per_image
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:,.0f} hours" if seconds >= 7200 else f"{seconds / 60:,.0f} minutes"
-
-
-def check_accelerator(profile: config.Profile, results_dir: Path = CPU_MEASUREMENTS) -> None:
-    """Refuse to start a GPU profile (``needs_accelerator``) on a CPU, saying how long it would
-    take there; with ``allow_cpu`` print that as a warning and go on."""
-    if not profile.needs_accelerator or has_accelerator():
-        return
-    measurement = cpu_throughput(profile.backbone, results_dir)
-    if measurement is None:
-        estimate = (
-            f"an unknown time (no CPU throughput of {profile.backbone} in {results_dir} to "
-            "estimate it from: benchmarks/throughput.py measures one)"
-        )
-    else:
-        estimate = (
-            f"about {_duration(cpu_seconds_estimate(profile, measurement))} (an estimate from "
-            f"{measurement['images_per_second']:.1f} images/s of {profile.backbone} at "
-            f"{measurement['image_size']} px measured on {measurement['device']}, "
-            f"{measurement['file']}, scaled to {profile.image_size} px"
-            + (f" and {os.cpu_count()} cores)" if measurement["cores"] else ")")
-        )
-    situation = (
-        f"profile {profile.name!r} needs a GPU (needs_accelerator=True) and no GPU was found; "
-        f"on this CPU its head and fine-tuning stages would take {estimate}"
-    )
-    if profile.allow_cpu:
-        print(f"warning: {situation}; training on the CPU anyway (allow_cpu)", flush=True)
-        return
-    raise ValueError(
-        f"{situation}. Train on a GPU (make GPU=1 installs the CUDA builds), or pass "
-        "--allow-cpu (allow_cpu=True) to train on the CPU anyway"
-    )
-
-
-# ---------------------------------------------------------------- stages
+    out_dir: Path
+    resume: bool = False
+    callbacks: tuple = ()
+    placement: distribute.Placement = distribute.Placement()
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -266,33 +98,6 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(
                 keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
             )
-
-
-def _callbacks(out_dir: Path, schedule: str, patience: int, resume: bool, extra=()) -> list:
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        # Resume: restores the model, optimizer and epoch after Ctrl-C or a killed process.
-        keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
-        keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=patience, restore_best_weights=True
-        ),
-        keras.callbacks.ModelCheckpoint(
-            str(out_dir / "checkpoint.keras"), monitor="val_accuracy", save_best_only=True
-        ),
-    ]
-    if schedule == "plateau":
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss",
-                factor=PLATEAU_FACTOR,
-                patience=PLATEAU_PATIENCE,
-                min_lr=MIN_LEARNING_RATE,
-            )
-        )
-    # The logger must run before CSVLogger so the learning rate reaches history.csv.
-    callbacks.append(LearningRateLogger())
-    callbacks.append(keras.callbacks.CSVLogger(str(out_dir / "history.part.csv"), append=resume))
-    return callbacks + list(extra)
 
 
 def micro_batch_size(batch_size: int, gradient_accumulation_steps: int) -> int:
@@ -360,57 +165,76 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(config.NUM_CLASSES, dtype="float32")[labels]
 
 
-def fit(
-    model,
-    x_train,
-    y_train,
-    x_val,
-    y_val,
-    *,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    schedule: str,
-    patience: int,
-    label_smoothing: float,
-    out_dir: Path,
-    resume: bool = False,
-    callbacks=(),
-    gradient_accumulation_steps: int = 1,
-) -> pd.DataFrame:
+def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job) -> pd.DataFrame:
     """Compile and fit one stage; return its history (one row per epoch).
 
-    ``batch_size`` images make one optimizer update; with ``gradient_accumulation_steps``
-    N they are fed as N micro-batches of batch_size / N, whose gradients are averaged.
+    ``stage.batch_size`` images make one optimizer update; with
+    ``stage.gradient_accumulation_steps`` N they are fed as N micro-batches of batch_size / N,
+    whose gradients are averaged.
     """
-    micro_batch = micro_batch_size(batch_size, gradient_accumulation_steps)
+    micro_batch = stage.micro_batch_size
     steps_per_epoch = int(np.ceil(len(x_train) / micro_batch))
     compile_model(
         model,
-        learning_rate,
-        schedule,
-        epochs,
+        stage.learning_rate,
+        stage.schedule,
+        stage.epochs,
         steps_per_epoch,
-        label_smoothing,
-        gradient_accumulation_steps,
+        stage.label_smoothing,
+        stage.gradient_accumulation_steps,
     )
-    # On several machines each process feeds its own slice, micro_batch / processes at a time.
-    x_train, y_train, x_val, y_val = map(distribute.process_slice, (x_train, y_train, x_val, y_val))
+    # On several machines each process feeds its own rows, micro_batch / processes at a time.
+    x_train, y_train, x_val, y_val = job.placement.local(x_train, y_train, x_val, y_val)
+    part = job.out_dir / "history.part.csv"
     model.fit(
         x_train,
         one_hot(y_train),
         validation_data=(x_val, one_hot(y_val)),
-        epochs=epochs,
-        batch_size=micro_batch // distribute.process_count(),
+        epochs=stage.epochs,
+        batch_size=job.placement.local_batch(micro_batch),
         shuffle=True,
-        callbacks=_callbacks(out_dir, schedule, patience, resume, callbacks),
+        callbacks=[
+            keras.callbacks.TerminateOnNaN(),
+            # Resume: restores the model, optimizer and epoch after Ctrl-C or a killed process.
+            keras.callbacks.BackupAndRestore(str(job.out_dir / "backup")),
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", patience=stage.patience, restore_best_weights=True
+            ),
+            keras.callbacks.ModelCheckpoint(
+                str(job.out_dir / "checkpoint.keras"), monitor="val_accuracy", save_best_only=True
+            ),
+            *(
+                [
+                    keras.callbacks.ReduceLROnPlateau(
+                        monitor="val_loss",
+                        factor=PLATEAU_FACTOR,
+                        patience=PLATEAU_PATIENCE,
+                        min_lr=MIN_LEARNING_RATE,
+                    )
+                ]
+                if stage.schedule == "plateau"
+                else []
+            ),
+            # Before CSVLogger, so that the learning rate reaches history.csv.
+            LearningRateLogger(),
+            keras.callbacks.CSVLogger(str(part), append=job.resume),
+            *job.callbacks,
+        ],
         verbose=1 if os.environ.get("CIFAR10_VERBOSE", "1") != "0" else 2,
     )
-    part = out_dir / "history.part.csv"
     # CSVLogger numbers epochs from 0 per stage; run_experiment renumbers across stages.
     history = pd.read_csv(part).drop(columns=["epoch"])
     part.unlink()
     return history
+
+
+# ---------------------------------------------------------------- stages
+
+
+def train_baseline(model, splits, stage: Stage, job: Job):
+    """A from-scratch model. Returns (history, test_probabilities)."""
+    history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, stage, job)
+    return history, job.placement.predict(model, splits.x_test, stage.batch_size)
 
 
 FEATURE_SPLITS = ("train", "val", "test")
@@ -437,16 +261,16 @@ def _load_features(cache_file: Path, splits) -> dict | None:
         return None
 
 
-def cached_features(model, splits, cache_file: Path, batch_size: int) -> dict:
+def cached_features(model, splits, cache_file: Path, batch_size: int, placement) -> dict:
     """Pooled backbone features for train/val/test, computed once and kept on disk.
 
     Stored as float32 whatever the dtype policy: NumPy has no bfloat16, so np.savez would
     write mixed-bfloat16 features as raw bytes (dtype |V2) that load back unusable.
     """
     features = None
-    if distribute.on_every_process(cache_file.exists()):
+    if placement.agree(cache_file.exists()):
         features = _load_features(cache_file, splits)
-    if distribute.on_every_process(features is not None):
+    if placement.agree(features is not None):
         return features
     extractor = models.feature_extractor(model)
     features = {}
@@ -454,9 +278,9 @@ def cached_features(model, splits, cache_file: Path, batch_size: int) -> dict:
         images = getattr(splits, f"x_{split}")
         print(f"extracting {split} features: {len(images)} images", flush=True)
         features[split] = np.asarray(
-            distribute.predict(extractor, images, batch_size), dtype=np.float32
+            placement.predict(extractor, images, batch_size), dtype=np.float32
         )
-    if distribute.is_chief():
+    if placement.is_chief:
         with fileio.atomic_path(cache_file) as temporary:
             np.savez(temporary, **features)
     return features
@@ -481,279 +305,146 @@ def _features_key(profile: config.Profile, splits) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_head(
-    model,
-    splits,
-    profile: config.Profile,
-    out_dir: Path,
-    resume: bool = False,
-    cache_features: bool = True,
-    callbacks=(),
-):
+def train_head(model, splits, profile: config.Profile, job: Job, cache_features: bool = True):
     """Head stage with the backbone frozen. Returns (history, test_probabilities).
 
     With ``cache_features`` the backbone runs once per image and the head trains on the
     stored features: the same head weights drop into ``model`` unchanged. Without it the
     frozen backbone runs every epoch (needed only when augmenting in this stage).
     """
+    stage, placement = Stage.of(profile, "head"), job.placement
     models.set_trainable(model, "head")
-    settings = dict(
-        epochs=profile.head_epochs,
-        batch_size=profile.batch_size,
-        learning_rate=profile.head_learning_rate,
-        schedule=profile.lr_schedule,
-        patience=profile.early_stopping_patience,
-        label_smoothing=profile.label_smoothing,
-        out_dir=out_dir,
-        resume=resume,
-        callbacks=callbacks,
-        gradient_accumulation_steps=profile.gradient_accumulation_steps,
-    )
     if not cache_features:
-        history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, **settings)
-        return history, distribute.predict(model, splits.x_test, profile.batch_size)
+        history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, stage, job)
+        return history, placement.predict(model, splits.x_test, stage.batch_size)
     cache_file = (
         config.RUNS_DIR
         / "features"
         / f"{profile.backbone}-{profile.image_size}px-{_features_key(profile, splits)}.npz"
     )
-    features = cached_features(model, splits, cache_file, profile.batch_size)
+    features = cached_features(model, splits, cache_file, stage.batch_size, placement)
     head = model.get_layer("head")
     history = fit(
-        head, features["train"], splits.y_train, features["val"], splits.y_val, **settings
+        head, features["train"], splits.y_train, features["val"], splits.y_val, stage, job
     )
-    return history, distribute.predict(head, features["test"], profile.batch_size)
+    return history, placement.predict(head, features["test"], stage.batch_size)
 
 
-def fine_tune(
-    model, splits, profile: config.Profile, out_dir: Path, resume: bool = False, callbacks=()
-) -> pd.DataFrame:
+def fine_tune(model, splits, profile: config.Profile, job: Job) -> pd.DataFrame:
     """Unfreeze per ``profile.unfreeze`` (recompiling each time) and fit with augmentation."""
+    stage = Stage.of(profile, "finetune")
     if profile.unfreeze == "gradual":
         steps = models.gradual_steps(len(model.get_layer("backbone").layers))
-        epochs_per_step = max(profile.finetune_epochs // len(steps), 1)
+        stage = dataclasses.replace(stage, epochs=max(stage.epochs // len(steps), 1))
     else:
-        steps, epochs_per_step = [profile.unfreeze], profile.finetune_epochs
+        steps = [profile.unfreeze]
     histories = []
-    for index, strategy in enumerate(steps):
-        models.set_trainable(model, strategy, train_bn=profile.train_bn)
-        history = fit(
-            model,
-            splits.x_train,
-            splits.y_train,
-            splits.x_val,
-            splits.y_val,
-            epochs=epochs_per_step,
-            batch_size=profile.batch_size,
-            learning_rate=profile.finetune_learning_rate * GRADUAL_DECAY**index,
-            schedule=profile.lr_schedule,
-            patience=profile.early_stopping_patience,
-            label_smoothing=profile.label_smoothing,
-            out_dir=out_dir,
-            resume=resume,
-            callbacks=callbacks,
-            gradient_accumulation_steps=profile.gradient_accumulation_steps,
-        )
-        history["unfreeze"] = strategy
+    for index, unfreeze in enumerate(steps):
+        models.set_trainable(model, unfreeze, train_bn=profile.train_bn)
+        step = dataclasses.replace(stage, learning_rate=stage.learning_rate * GRADUAL_DECAY**index)
+        history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, step, job)
+        history["unfreeze"] = unfreeze
         histories.append(history)
     return pd.concat(histories, ignore_index=True)
 
 
-# ---------------------------------------------------------------- runs
-
-
-def run_dir(profile_name: str, experiment: str) -> Path:
-    return config.RUNS_DIR / profile_name / experiment
-
-
-def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        # A fresh run must not pick up an interrupted run's backup.
-        shutil.rmtree(out_dir / "backup", ignore_errors=True)
-        (out_dir / "history.part.csv").unlink(missing_ok=True)
-
-
-def save_model(model, path: Path) -> None:
-    with fileio.atomic_path(path, suffix=".keras") as temporary:
-        model.save(temporary)
+# ---------------------------------------------------------------- one experiment, end to end
 
 
 def run_experiment(
     experiment: str,
-    profile: str | config.Profile = "quick",
-    data_source=None,
+    profile: config.Profile,
+    data=None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     devices=None,
     splits=None,
     callbacks=(),
-    **overrides,
 ) -> dict:
-    """Train one experiment end to end and write its run folder; return metrics.json's dict.
+    """Train ``experiment`` with ``profile`` (``config.profile(...)``) end to end, write its
+    run folder and return metrics.json's dict.
 
-    ``profile`` names a profile (or is one); ``overrides`` replace its settings, e.g.
-    ``run_experiment("head", "quick", backbone="resnet50", head_epochs=5)``.
-    ``splits`` (from ``data.make_splits``) skips loading; ``callbacks`` are extra Keras
-    callbacks (e.g. for tests).
+    ``data`` is the CIFAR-10 source (see ``data.load_cifar10``); ``splits`` (from
+    ``data.make_splits``) skips loading; ``callbacks`` are extra Keras callbacks.
     """
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {experiment!r}")
-    if isinstance(profile, str):
-        profile = config.get_profile(profile, **overrides)
-    else:
-        profile = config.override(profile, **overrides)
-    out_dir = Path(out_dir) if out_dir else run_dir(profile.name, experiment)
+    spec = config.experiment(experiment)
+    stage = Stage.of(profile, spec.stage)
+    out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
     started = time.perf_counter()
-    batch_size = (
-        profile.baseline_batch_size if experiment in models.BASELINES else profile.batch_size
-    )
     # First: on several machines this joins the cluster, which must precede any JAX device use.
     # The devices split each fit() step's micro-batch.
-    strategy = distribute.setup(
-        devices, micro_batch_size(batch_size, profile.gradient_accumulation_steps)
-    )
+    placement = distribute.setup(devices, stage.micro_batch_size)
     if (
         profile.gradient_accumulation_steps > 1
-        and strategy.device_count > 1
+        and placement.device_count > 1
         and keras.backend.backend() == "tensorflow"
     ):
         # Keras accumulates inside a conditional, which MirroredStrategy cannot synchronise
         # across devices ("merge_call called while defining a new graph").
         raise ValueError(
             f"gradient_accumulation_steps={profile.gradient_accumulation_steps} with "
-            f"{strategy.device_count} devices needs KERAS_BACKEND=jax: TensorFlow's "
+            f"{placement.device_count} devices needs KERAS_BACKEND=jax: TensorFlow's "
             "MirroredStrategy does not support Keras's gradient accumulation; use 1 step or "
             "one device"
         )
-    check_accelerator(profile)
+    hardware.check_accelerator(profile)
     set_seed(profile.seed)
-    precision = configure_precision(profile.precision)
+    precision = hardware.configure_precision(profile.precision)
     if splits is None:
-        splits = data.load_splits(profile, data_source)
-    strategy.check_splits(splits)
-    # Only the chief writes the run folder; other processes keep their Keras working files
-    # (backup for resuming, checkpoint) apart and delete them at the end.
-    work_dir = out_dir if distribute.is_chief() else distribute.worker_dir(out_dir)
-    _prepare_out_dir(work_dir, resume)
-    head_dir = out_dir.parent / "head"
-    if experiment == "finetune" and not distribute.on_every_process(
-        (head_dir / "model.keras").exists()
-    ):
-        # Fine-tuning starts from the head run; train it first, as its own run folder.
-        run_experiment("head", profile, out_dir=head_dir, devices=devices, splits=splits)
+        splits = datasets.load_splits(profile, data)
+    placement.check_splits(splits)
+    job = Job(placement.work_dir(out_dir), resume, tuple(callbacks), placement)
+    runs.prepare(job.out_dir, resume)
+    if spec.prerequisite:
+        prerequisite_dir = out_dir.parent / spec.prerequisite
+        if not placement.agree((prerequisite_dir / "model.keras").exists()):
+            print(
+                f"{experiment} starts from a {spec.prerequisite} run; none in "
+                f"{prerequisite_dir}: training it first",
+                flush=True,
+            )
+            run_experiment(
+                spec.prerequisite, profile, out_dir=prerequisite_dir, devices=devices, splits=splits
+            )
 
     extra = {}
-    with strategy.scope():
-        if experiment in models.BASELINES:
-            model = models.BASELINES[experiment](
-                augment=profile.baseline_augment, seed=profile.seed
-            )
-            history = fit(
-                model,
-                splits.x_train,
-                splits.y_train,
-                splits.x_val,
-                splits.y_val,
-                epochs=profile.baseline_epochs,
-                batch_size=profile.baseline_batch_size,
-                learning_rate=profile.baseline_learning_rate,
-                schedule=profile.lr_schedule,
-                patience=profile.early_stopping_patience,
-                label_smoothing=profile.label_smoothing,
-                out_dir=work_dir,
-                resume=resume,
-                callbacks=callbacks,
-                gradient_accumulation_steps=profile.gradient_accumulation_steps,
-            )
-            history["stage"] = "baseline"
-            probabilities = distribute.predict(model, splits.x_test, batch_size)
-        elif experiment == "head":
-            model = build_transfer_model(profile)
-            history, probabilities = train_head(
-                model, splits, profile, work_dir, resume, callbacks=callbacks
-            )
-            history["stage"] = "head"
+    with placement.scope():
+        if spec.stage == "baseline":
+            model = models.build(spec, profile)
+            history, probabilities = train_baseline(model, splits, stage, job)
+            history["stage"] = spec.stage
+        elif spec.stage == "head":
+            model = models.build(spec, profile)
+            history, probabilities = train_head(model, splits, profile, job)
+            history["stage"] = spec.stage
         else:
-            model = keras.saving.load_model(head_dir / "model.keras", safe_mode=True)
-            head_history = pd.read_csv(head_dir / "history.csv").drop(columns=["epoch"])
-            history = fine_tune(model, splits, profile, work_dir, resume, callbacks)
-            history["stage"] = "finetune"
-            history = pd.concat([head_history, history], ignore_index=True)
-            probabilities = distribute.predict(model, splits.x_test, profile.batch_size)
+            model = keras.saving.load_model(prerequisite_dir / "model.keras", safe_mode=True)
+            earlier = pd.read_csv(prerequisite_dir / "history.csv").drop(columns=["epoch"])
+            history = fine_tune(model, splits, profile, job)
+            history["stage"] = spec.stage
+            history = pd.concat([earlier, history], ignore_index=True)
+            probabilities = placement.predict(model, splits.x_test, stage.batch_size)
             tta = evaluation.predict_with_tta(
-                distribute.Predictor(model),
+                placement.predictor(model),
                 splits.x_test,
-                batch_size=profile.batch_size,
+                batch_size=stage.batch_size,
                 probabilities=probabilities,
             )
             extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
-
-    report = evaluation.evaluate_predictions(splits.y_test, probabilities, splits.class_names)
     history.insert(0, "epoch", range(1, len(history) + 1))
-    metrics = {
-        "experiment": experiment,
-        "test_accuracy": report["accuracy"],
-        "test_loss": report["loss"],
-        **extra,
-        "ece": report["ece"],
-        "per_class_accuracy": {
-            name: report["per_class"][name]["recall"] for name in splits.class_names
-        },
-        "epochs": int((history["stage"] == history["stage"].iloc[-1]).sum()),
-        "wall_time_s": round(time.perf_counter() - started, 1),
-        "seed": profile.seed,
-        "precision": precision,
-        "device_count": strategy.device_count,
-        **environment(),
-        "backbone": None if experiment in models.BASELINES else profile.backbone,
-        "image_size": 32 if experiment in models.BASELINES else profile.image_size,
-        "data": {
-            "source": splits.source,
-            "verified": splits.verified,
-            "train_size": len(splits.x_train),
-            "val_size": len(splits.x_val),
-            "test_size": len(splits.x_test),
-        },
-        "class_names": list(splits.class_names),
-        "profile": profile.to_dict(),
-    }
-    if distribute.is_chief():
-        save_model(model, out_dir / "model.keras")
-        with fileio.atomic_path(out_dir / "predictions.npz") as temporary:
-            np.savez(temporary, y_true=splits.y_test, probabilities=probabilities)
-        fileio.write_text(out_dir / "history.csv", history.to_csv(index=False))
-        fileio.write_json(out_dir / "metrics.json", metrics)
-    else:
-        shutil.rmtree(work_dir)
-    # Fine-tuning loads the head run's model next: wait until the chief has written it.
-    distribute.barrier("run folder written")
-    return metrics
 
-
-def build_transfer_model(profile: config.Profile):
-    """``models.transfer_model`` with the profile's backbone, size, head and augmentation."""
-    return models.transfer_model(
-        backbone=profile.backbone,
-        weights=profile.weights,
-        image_size=profile.image_size,
-        head=profile.head,
-        head_units=profile.head_units,
-        dropout_rate=profile.dropout_rate,
-        augment=profile.augment,
-        train_bn=profile.train_bn,
-        seed=profile.seed,
+    metrics = runs.record(
+        spec,
+        profile,
+        splits,
+        probabilities,
+        history,
+        wall_time_s=time.perf_counter() - started,
+        precision=precision,
+        device_count=placement.device_count,
+        extra=extra,
     )
-
-
-def predict(model, images: np.ndarray, batch_size: int = 256):
-    """Return (predicted class names, probabilities) for uint8 images (N, 32, 32, 3)."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.shape[1:] != config.IMAGE_SHAPE or images.dtype != np.uint8:
-        raise ValueError(
-            f"images must be uint8 of shape (N, 32, 32, 3), got {images.dtype} {images.shape}"
-        )
-    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
-    return [config.CLASS_NAMES[i] for i in probabilities.argmax(axis=1)], probabilities
+    if placement.is_chief:
+        runs.write(out_dir, model, history, splits.y_test, probabilities, metrics)
+    placement.finish(job.out_dir)
+    return metrics

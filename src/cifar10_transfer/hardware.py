@@ -1,0 +1,200 @@
+"""What this machine has, and what follows from it: the devices Keras sees, the GPU's
+compute capability, the dtype policy "auto" picks, and the guard that stops a GPU profile
+from quietly spending hours on a CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import keras
+
+from cifar10_transfer import config, fileio
+
+
+def list_devices() -> list[str]:
+    """``keras.distribution.list_devices()``, also on the torch backend, for which Keras has no
+    distribution library (the call fails there): one "gpu:N" per CUDA device, else ["cpu:0"]."""
+    if keras.backend.backend() != "torch":
+        return keras.distribution.list_devices()
+    import torch  # torch backend only: Keras offers no device listing for it
+
+    count = torch.cuda.device_count()
+    return [f"gpu:{index}" for index in range(count)] if count else ["cpu:0"]
+
+
+# NVIDIA GPUs have bfloat16 tensor cores from compute capability 8.0 (Ampere: A100) on. Below
+# that (a T4 is 7.5, a V100 7.0) bfloat16 runs at float32 speed with extra casts, while
+# float16 has tensor cores; float16's narrow range needs loss scaling, which Keras adds
+# itself (LossScaleOptimizer) when a model is compiled under "mixed_float16".
+BFLOAT16_MIN_CAPABILITY = (8, 0)
+
+
+@functools.cache
+def gpu_info() -> dict | None:
+    """Name and compute capability of the first NVIDIA GPU (from nvidia-smi, whatever the
+    backend); None when Keras sees no GPU. The capability is None when nvidia-smi is missing."""
+    if not any(d.startswith("gpu") for d in list_devices()):
+        return None
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        name, capability = (part.strip() for part in result.stdout.splitlines()[0].split(","))
+        major, minor = capability.split(".")
+        return {"name": name, "compute_capability": (int(major), int(minor))}
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return {"name": "gpu", "compute_capability": None}
+
+
+def auto_precision(gpu: dict | None) -> tuple[str, str]:
+    """The dtype policy "auto" picks for ``gpu`` (``gpu_info()``), and why."""
+    if gpu is None:
+        return "float32", "no GPU: mixed precision does not speed up a CPU"
+    capability = gpu["compute_capability"]
+    if capability is None:
+        return "mixed_float16", f"{gpu['name']}: compute capability unknown, float16 runs on all"
+    shown = ".".join(map(str, capability))
+    if tuple(capability) >= BFLOAT16_MIN_CAPABILITY:
+        return "mixed_bfloat16", f"{gpu['name']}: compute capability {shown} has bfloat16 units"
+    return (
+        "mixed_float16",
+        f"{gpu['name']}: compute capability {shown} < 8.0 has no bfloat16 units; "
+        "float16 with loss scaling",
+    )
+
+
+def configure_precision(precision: str = "auto") -> str:
+    """Set the global dtype policy and return it; "auto" follows ``auto_precision``."""
+    if precision not in config.PRECISIONS:
+        choices = ", ".join(config.PRECISIONS)
+        raise ValueError(f"precision must be one of {choices}, got {precision!r}")
+    if precision == "auto":
+        precision, reason = auto_precision(gpu_info())
+        print(f"precision: {precision} (auto; {reason})", flush=True)
+    keras.config.set_dtype_policy(precision)
+    return precision
+
+
+def device_name() -> str:
+    gpu = gpu_info()
+    if gpu is not None:
+        return gpu["name"]
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+# ---------------------------------------------------------------- CPU guard
+
+# Where the CPU cost model of check_accelerator finds its measured throughput.
+CPU_MEASUREMENTS = config.CHECKOUT / "benchmarks" / "results"
+CIFAR10_TRAIN_IMAGES, CIFAR10_TEST_IMAGES = 50_000, 10_000
+# A forward pass costs about a third of a training step (whose backward pass costs about two
+# forward passes).
+FORWARD_COST = 1 / 3
+
+
+def has_accelerator() -> bool:
+    return any(not device.startswith("cpu") for device in list_devices())
+
+
+def cpu_throughput(backbone: str, results_dir: Path = CPU_MEASUREMENTS) -> dict | None:
+    """The fastest CPU training throughput of ``backbone`` that benchmarks/throughput.py (alone
+    or within compare.py) wrote to ``results_dir``; None without one.
+
+    Fastest per pixel, because other work on a CPU only ever slows a measurement down.
+    """
+    best = None
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            result = fileio.read_json(path)
+        except (OSError, ValueError):
+            continue
+        if result.get("benchmark") == "compare":
+            result = result.get("ours") or {}
+        if (
+            result.get("benchmark") != "throughput"
+            or result.get("backbone") != backbone
+            or not str(result.get("device", "")).startswith("cpu")
+        ):
+            continue
+        pixels_per_second = result["images_per_second"] * result["image_size"] ** 2
+        if best is None or pixels_per_second > best["pixels_per_second"]:
+            cores = re.search(r"(\d+) cores", result["device"])
+            best = {
+                "images_per_second": result["images_per_second"],
+                "image_size": result["image_size"],
+                "pixels_per_second": pixels_per_second,
+                "device": result["device"],
+                "cores": int(cores.group(1)) if cores else None,
+                "file": path.name,
+            }
+    return best
+
+
+def cpu_seconds_estimate(profile: config.Profile, measurement: dict) -> float:
+    """Estimated CPU seconds of ``profile``'s head and fine-tuning stages (a cost model, not a
+    measurement).
+
+    Work, in training-step images: the head stage passes train + val + test once through the
+    backbone (cached features; the head's own epochs are negligible), fine-tuning trains on
+    the training images every epoch, validates every epoch and predicts the test images
+    twice (flip TTA); a forward pass counts FORWARD_COST of a step, every layer trains. Cost
+    per image: 1 / the measured images/s, times (image_size / measured size)^2 since a
+    convolutional network's work grows with its input's pixels, times measured cores / this
+    machine's cores.
+    """
+    val = profile.val_size
+    train = profile.train_size or CIFAR10_TRAIN_IMAGES - val
+    test = profile.test_size or CIFAR10_TEST_IMAGES
+    head = (train + val + test) * FORWARD_COST
+    finetune = profile.finetune_epochs * (train + val * FORWARD_COST) + 2 * test * FORWARD_COST
+    seconds_per_image = 1 / measurement["images_per_second"]
+    seconds_per_image *= (profile.image_size / measurement["image_size"]) ** 2
+    if measurement["cores"]:
+        seconds_per_image *= measurement["cores"] / (os.cpu_count() or 1)
+    return (head + finetune) * seconds_per_image
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:,.0f} hours" if seconds >= 7200 else f"{seconds / 60:,.0f} minutes"
+
+
+def check_accelerator(profile: config.Profile, results_dir: Path = CPU_MEASUREMENTS) -> None:
+    """Refuse to start a GPU profile (``needs_accelerator``) on a CPU, saying how long it would
+    take there; with ``allow_cpu`` print that as a warning and go on."""
+    if not profile.needs_accelerator or has_accelerator():
+        return
+    measurement = cpu_throughput(profile.backbone, results_dir)
+    if measurement is None:
+        estimate = (
+            f"an unknown time (no CPU throughput of {profile.backbone} in {results_dir} to "
+            "estimate it from: benchmarks/throughput.py measures one)"
+        )
+    else:
+        estimate = (
+            f"about {_duration(cpu_seconds_estimate(profile, measurement))} (an estimate from "
+            f"{measurement['images_per_second']:.1f} images/s of {profile.backbone} at "
+            f"{measurement['image_size']} px measured on {measurement['device']}, "
+            f"{measurement['file']}, scaled to {profile.image_size} px"
+            + (f" and {os.cpu_count()} cores)" if measurement["cores"] else ")")
+        )
+    situation = (
+        f"profile {profile.name!r} needs a GPU (needs_accelerator=True) and no GPU was found; "
+        f"on this CPU its head and fine-tuning stages would take {estimate}"
+    )
+    if profile.allow_cpu:
+        print(f"warning: {situation}; training on the CPU anyway (allow_cpu)", flush=True)
+        return
+    raise ValueError(
+        f"{situation}. Train on a GPU (make GPU=1 installs the CUDA builds), or pass "
+        "--allow-cpu (allow_cpu=True) to train on the CPU anyway"
+    )

@@ -1,0 +1,197 @@
+"""Run folders: where a run writes, what it records, and how it is read back.
+
+A run folder (``runs/<profile>/<experiment>/``, git-ignored) holds ``model.keras``,
+``metrics.json`` (the numbers and their provenance: code version, backend, library versions,
+device, seed, data, wall time, the profile), ``history.csv`` (one row per epoch) and
+``predictions.npz`` (the test-set probabilities, so evaluation never re-runs the model).
+``publish_run`` copies the small, reviewable part to ``results/<profile>/<experiment>/``.
+Every file is written atomically. Keras is imported only to save or load a model.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cifar10_transfer import __version__, config, evaluation, fileio
+
+RUN_FILES = ("model.keras", "metrics.json", "history.csv", "predictions.npz")
+
+
+def run_dir(profile_name: str, experiment: str) -> Path:
+    return config.RUNS_DIR / profile_name / experiment
+
+
+def prepare(out_dir: Path, resume: bool) -> None:
+    """Make the run folder; a fresh run must not pick up an interrupted run's backup."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.rmtree(out_dir / "backup", ignore_errors=True)
+        (out_dir / "history.part.csv").unlink(missing_ok=True)
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=config.CHECKOUT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return result.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """Provenance of a run: code version, backend, library versions and device."""
+    import keras
+
+    from cifar10_transfer import hardware
+
+    backend = keras.backend.backend()
+    versions = {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "cifar10_transfer": __version__,
+    }
+    backend_module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
+    if backend_module:
+        versions[backend_module] = __import__(backend_module).__version__
+    return {
+        "backend": backend,
+        "versions": versions,
+        "device": hardware.device_name(),
+        "git_commit": _git_commit(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def record(
+    experiment: config.Experiment,
+    profile: config.Profile,
+    splits,
+    probabilities,
+    history: pd.DataFrame,
+    *,
+    wall_time_s: float,
+    precision: str,
+    device_count: int,
+    extra: dict,
+) -> dict:
+    """metrics.json of a finished run: test-set numbers, what ran, where, and on what data."""
+    report = evaluation.evaluate_predictions(splits.y_test, probabilities, splits.class_names)
+    from_scratch = experiment.stage == "baseline"
+    return {
+        "experiment": experiment.name,
+        "test_accuracy": report["accuracy"],
+        "test_loss": report["loss"],
+        **extra,
+        "ece": report["ece"],
+        "per_class_accuracy": {
+            name: report["per_class"][name]["recall"] for name in splits.class_names
+        },
+        "epochs": int((history["stage"] == history["stage"].iloc[-1]).sum()),
+        "wall_time_s": round(wall_time_s, 1),
+        "seed": profile.seed,
+        "precision": precision,
+        "device_count": device_count,
+        **environment(),
+        "backbone": None if from_scratch else profile.backbone,
+        "image_size": config.IMAGE_SHAPE[0] if from_scratch else profile.image_size,
+        "data": {
+            "source": splits.source,
+            "verified": splits.verified,
+            "train_size": len(splits.x_train),
+            "val_size": len(splits.x_val),
+            "test_size": len(splits.x_test),
+        },
+        "class_names": list(splits.class_names),
+        "profile": profile.to_dict(),
+    }
+
+
+def write(out_dir: Path, model, history: pd.DataFrame, y_true, probabilities, metrics: dict):
+    """Write the four files of a finished run."""
+    with fileio.atomic_path(out_dir / "model.keras", suffix=".keras") as temporary:
+        model.save(temporary)
+    with fileio.atomic_path(out_dir / "predictions.npz") as temporary:
+        np.savez(temporary, y_true=y_true, probabilities=probabilities)
+    fileio.write_text(out_dir / "history.csv", history.to_csv(index=False))
+    fileio.write_json(out_dir / "metrics.json", metrics)
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    metrics: dict
+    history: pd.DataFrame
+    y_true: np.ndarray
+    probabilities: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return experiment_label(self.metrics)
+
+
+def experiment_label(metrics: dict) -> str:
+    """The table label of a run, from the list of experiments."""
+    experiment = config.EXPERIMENTS.get(metrics["experiment"])
+    template = experiment.label if experiment else metrics["experiment"]
+    return template.format(backbone=metrics.get("backbone") or "")
+
+
+def load_model(path: str | os.PathLike):
+    """Load ``model.keras`` (or the one inside a run folder) with ``safe_mode=True``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such model file (expected a .keras file or a run "
+            "folder holding model.keras)"
+        )
+    import keras
+
+    # For its side effect: it registers RandomAffine, the augmentation layer of trained models.
+    from cifar10_transfer import models  # noqa: F401
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a bad archive
+        raise ValueError(f"{path}: not a loadable Keras model ({error})") from None
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Metrics, history and stored test predictions of one run folder."""
+    run_dir = Path(run_dir)
+    metrics = fileio.read_json(run_dir / "metrics.json")
+    predictions = run_dir / "predictions.npz"
+    if not predictions.exists():
+        raise FileNotFoundError(f"{predictions}: missing; rerun the experiment to create it")
+    with np.load(predictions, allow_pickle=False) as stored:
+        y_true, probabilities = stored["y_true"], stored["probabilities"]
+    return Run(run_dir, metrics, pd.read_csv(run_dir / "history.csv"), y_true, probabilities)
+
+
+def publish_run(run_dir: str | os.PathLike, results_dir: str | os.PathLike) -> Path:
+    """Copy a run's metrics.json and history.csv to ``results_dir/<experiment>/``."""
+    run = Path(run_dir)
+    experiment = fileio.read_json(run / "metrics.json")["experiment"]
+    target = Path(results_dir) / experiment
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "history.csv"):
+        with fileio.atomic_path(target / name) as temporary:
+            shutil.copyfile(run / name, temporary)
+    return target
