@@ -22,17 +22,17 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # Reloads every run's model.keras on the torch backend and recomputes its test accuracy on
 # the test split the run used (the profile's seed, not the evaluate CLI's stratified subset).
-# reports.load_model is the loader of `evaluate` and the demo: safe_mode=True, and it
+# runs.load_model is the loader of `evaluate` and the demo: safe_mode=True, and it
 # registers the package's own layers first.
 RELOAD_SCRIPT = """
 import json, sys
 import keras
-from cifar10_transfer import config, data, evaluation, reports
-profile = config.get_profile("smoke")
+from cifar10_transfer import config, data, evaluation, runs
+profile = config.profile("smoke")
 splits = data.load_splits(profile, sys.argv[1])
 accuracies = {}
 for run in sys.argv[2:]:
-    model = reports.load_model(run)
+    model = runs.load_model(run)
     probabilities = model.predict(splits.x_test, batch_size=profile.batch_size, verbose=0)
     accuracies[run] = evaluation.accuracy(splits.y_test, probabilities)
 print(json.dumps({"backend": keras.backend.backend(), "accuracies": accuracies}))
@@ -77,7 +77,7 @@ def test_smoke_profile_end_to_end_on_the_torch_backend(real_data_path, tmp_path)
     # With no head run yet, `train finetune` trains the head first as its own run folder.
     _run(environment, "-m", "cifar10_transfer", "train", "finetune", *data_arguments)
 
-    profile = config.get_profile("smoke")
+    profile = config.profile("smoke")
     runs = {
         name: tmp_path / "runs" / "smoke" / name for name in ("baseline_cnn", "head", "finetune")
     }

@@ -476,7 +476,7 @@ def test_make_splits_rejects_bad_sizes(sizes, parameter):
 
 
 def test_load_splits_uses_the_profile(tmp_path):
-    profile = config.get_profile("smoke", train_size=10, val_size=10, test_size=10)
+    profile = config.profile("smoke", train_size=10, val_size=10, test_size=10)
     splits = data.load_splits(profile, write_tree(tmp_path / "tree"))
     assert [len(splits.y_train), len(splits.y_val), len(splits.y_test)] == [10, 10, 10]
     assert np.bincount(splits.y_val).tolist() == [1] * 10
@@ -510,7 +510,7 @@ def test_real_cifar10_second_load_uses_cache(real_cifar10, real_data_path, monke
 
 @pytest.mark.realdata
 def test_real_quick_profile_splits(real_cifar10):
-    profile = config.get_profile("quick")
+    profile = config.profile("quick")
     splits = data.make_splits(
         real_cifar10, profile.train_size, profile.val_size, profile.test_size, profile.seed
     )

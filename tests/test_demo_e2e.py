@@ -148,10 +148,10 @@ def shown_top3(page) -> list[tuple[str, float]]:
     return [(name, float(percent) / 100) for name, percent in rows]
 
 
-def screenshot(run_dir, data_source, out_path, example: str = "ship") -> Path:
+def screenshot(run_dir, data, out_path, example: str = "ship") -> Path:
     """Export ``run_dir`` with examples, click the ``example`` class's image, save a PNG."""
     with tempfile.TemporaryDirectory() as temporary:
-        folder = export.export_run(run_dir, Path(temporary) / "deploy", data_source=data_source)
+        folder = export.export_run(run_dir, Path(temporary) / "deploy", data=data)
         with serve(folder) as url, chromium() as browser:
             page = open_demo(browser, url)
             page.locator(f"#examples img[src$='/{example}.png']").click()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_training import synthetic_splits
 
-from cifar10_transfer import config, distribute
+from cifar10_transfer import distribute
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS = Path(__file__).resolve().parent
@@ -143,18 +143,19 @@ from test_training import SMALL, InterruptAfter, synthetic_splits
 devices, out = int(sys.argv[1]), Path(sys.argv[2])
 splits = synthetic_splits()
 # A small backbone and no augmentation layers (slow to compile on JAX) keep the test fast.
-settings = {**SMALL, "backbone": "mobilenet_v3_small", "baseline_batch_size": 20,
-            "augment": False, "baseline_augment": False, "early_stopping_patience": 10}
+profile = config.profile("smoke", **{**SMALL, "backbone": "mobilenet_v3_small",
+                         "baseline_batch_size": 20, "augment": False,
+                         "baseline_augment": False, "early_stopping_patience": 10})
 try:
-    training.run_experiment("baseline_cnn", "smoke", out_dir=out / "baseline", splits=splits,
-                            devices=devices, callbacks=[InterruptAfter(1)], **settings)
+    training.run_experiment("baseline_cnn", profile, out_dir=out / "baseline", splits=splits,
+                            devices=devices, callbacks=[InterruptAfter(1)])
 except KeyboardInterrupt:
     pass
 backup_after_interrupt = (out / "baseline" / "backup").exists()
-baseline = training.run_experiment("baseline_cnn", "smoke", out_dir=out / "baseline",
-                                   splits=splits, devices=devices, resume=True, **settings)
-head = training.run_experiment("head", "smoke", out_dir=out / "head", splits=splits,
-                               devices=devices, **settings)
+baseline = training.run_experiment("baseline_cnn", profile, out_dir=out / "baseline",
+                                   splits=splits, devices=devices, resume=True)
+head = training.run_experiment("head", profile, out_dir=out / "head", splits=splits,
+                               devices=devices)
 # The saved model's head, on the cached test features, gives the stored test predictions.
 caches = list((config.RUNS_DIR / "features").glob("*.npz"))
 head_model = keras.saving.load_model(out / "head" / "model.keras", safe_mode=True).get_layer("head")
@@ -198,7 +199,7 @@ def test_tensorflow_runs_resume_and_cache_features_on_two_devices(tmp_path):
 MULTI_HOST_RUN = """
 import json, sys
 import keras
-from cifar10_transfer import training
+from cifar10_transfer import config, training
 from test_training import SMALL, synthetic_splits
 
 
@@ -211,10 +212,11 @@ class Losses(keras.callbacks.Callback):
 
 
 losses = Losses()
+profile = config.profile(
+    "smoke", **{**SMALL, "baseline_batch_size": 20, "augment": False, "baseline_augment": False})
 metrics = training.run_experiment(
-    "baseline_cnn", "smoke", out_dir=sys.argv[1], splits=synthetic_splits(), devices="all",
-    callbacks=[losses],
-    **{**SMALL, "baseline_batch_size": 20, "augment": False, "baseline_augment": False})
+    "baseline_cnn", profile, out_dir=sys.argv[1], splits=synthetic_splits(), devices="all",
+    callbacks=[losses])
 print(json.dumps({"losses": losses.values, "device_count": metrics["device_count"],
                   **{key: metrics[key] for key in ("test_accuracy", "test_loss", "ece")}}))
 """
@@ -378,14 +380,3 @@ def test_split_sizes_must_divide_across_devices():
         "devices every split size must be a multiple of 3",
     ):
         distribute.Placement(device_count=3).check_splits(splits)
-
-
-def test_learning_rates_scale_linearly_with_the_global_batch():
-    profile = config.get_profile("full")
-    scaled = distribute.scaled_learning_rates(profile, batch_size=4 * profile.batch_size)
-    assert scaled.batch_size == 4 * profile.batch_size
-    assert scaled.head_learning_rate == pytest.approx(4 * profile.head_learning_rate)
-    assert scaled.finetune_learning_rate == pytest.approx(4 * profile.finetune_learning_rate)
-    assert scaled.baseline_learning_rate == profile.baseline_learning_rate
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
-        distribute.scaled_learning_rates(profile, batch_size=0)

@@ -30,6 +30,33 @@ def test_baselines_take_uint8_and_return_probabilities(name):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize(
+    "name", [name for name, spec in config.EXPERIMENTS.items() if spec.stage == "baseline"]
+)
+def test_build_makes_a_baseline_experiment_from_its_builder(name, augment):
+    spec = config.experiment(name)
+    model = models.build(spec, config.profile("smoke", baseline_augment=augment))
+    expected = models.BASELINES[spec.builder]()
+    assert model.name == expected.name == name
+    assert model.count_params() == expected.count_params()
+    layer_names = [layer.name for layer in model.layers]
+    assert ("augmentation" in layer_names) == augment
+
+
+def test_build_makes_the_head_experiment_a_transfer_model_of_the_profile():
+    profile = config.profile(
+        "smoke", backbone="resnet50", weights=None, image_size=48, head_units=16, head="slides"
+    )
+    model = models.build(config.experiment("head"), profile)
+    assert model.name == "resnet50_transfer"
+    assert model.get_layer("resize").output.shape[1:3] == (48, 48)
+    head = model.get_layer("head")
+    assert head.get_layer("head_dense").units == 16
+    assert "head_bn" in [layer.name for layer in head.layers]  # the "slides" head
+    assert not model.get_layer("backbone").trainable  # the head stage starts frozen
+
+
 def _small_transfer(**kwargs):
     settings = dict(backbone="resnet50", weights=None, image_size=32, head_units=16)
     return models.transfer_model(**{**settings, **kwargs})
@@ -89,7 +116,7 @@ import numpy as np
 from cifar10_transfer import config, models, training
 images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
 resolved = {}
-for model in (training.build_transfer_model(config.get_profile("smoke", weights=None)),
+for model in (models.build_transfer_model(config.profile("smoke", weights=None)),
               models.baseline_cnn(augment=True, seed=0)):
     training.compile_model(model, learning_rate=1e-3)  # jit_compile="auto", as in training
     loss = model.train_on_batch(images, training.one_hot(np.arange(4)))
@@ -247,10 +274,10 @@ def test_freezing_strategies_set_the_expected_trainable_weights():
     assert with_bn == head_weights + len(backbone.weights) - len(backbone.non_trainable_weights)
 
 
-@pytest.mark.parametrize("strategy", ["top:0", "top:x", "stage:conv9", "middle"])
-def test_bad_freezing_strategy_is_a_value_error(strategy):
+@pytest.mark.parametrize("unfreeze", ["top:0", "top:x", "stage:conv9", "middle"])
+def test_bad_unfreeze_setting_is_a_value_error(unfreeze):
     with pytest.raises(ValueError, match="unfreeze"):
-        models.set_trainable(_small_transfer(), strategy)
+        models.set_trainable(_small_transfer(), unfreeze)
 
 
 def test_batchnorm_statistics_stay_fixed_while_fine_tuning():

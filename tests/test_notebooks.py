@@ -12,7 +12,9 @@ import pytest
 from cifar10_transfer import config, reproduce
 
 NOTEBOOKS = [config.NOTEBOOKS_DIR / name for name in reproduce.NOTEBOOKS]
-REQUIRED_PARAMETERS = {"profile", "backbone", "data", "seed", "out_dir", "devices"}
+REQUIRED_PARAMETERS = {"profile_name", "overrides", "data", "out_dir", "figures_dir", "devices"}
+# Settings the parameters cell no longer takes one by one: they are entries of ``overrides``.
+REMOVED_PARAMETERS = {"profile", "backbone", "weights", "seed", "precision"}
 
 
 def _code_cells(path):
@@ -38,6 +40,7 @@ def test_notebook_starts_with_a_tagged_parameters_cell(path):
         for target in getattr(node, "targets", [])
     }
     assert assigned >= REQUIRED_PARAMETERS
+    assert not assigned & REMOVED_PARAMETERS
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
@@ -73,6 +76,42 @@ def test_a_failing_cell_is_reported_by_notebook_cell_and_error(tmp_path):
         reproduce.NotebookError, match=r"99_failing.ipynb failed in cell 3: ValueError: boom"
     ):
         reproduce.run_notebooks({"x": 2}, tmp_path / "out", notebooks=[path])
+
+
+class NotebooksStarted(Exception):
+    """Stops reproduce where it would start the notebooks."""
+
+
+def test_reproduce_hands_the_notebooks_the_profile_name_and_its_overrides(tmp_path, monkeypatch):
+    started = {}
+
+    def run_notebooks(parameters, output_dir, notebooks=None):
+        started.update(parameters=parameters, output_dir=output_dir)
+        raise NotebooksStarted
+
+    monkeypatch.setattr(reproduce, "run_notebooks", run_notebooks)
+    monkeypatch.chdir(tmp_path)
+    overrides = {"weights": "local.h5", "seed": 43, "train_size": None}
+    with pytest.raises(NotebooksStarted):
+        reproduce.reproduce("smoke", overrides, data="cifar.tar.gz", devices="all")
+    # Notebooks run in notebooks/: relative paths reach them resolved.
+    assert started["parameters"] == {
+        "profile_name": "smoke",
+        "overrides": {"weights": str(tmp_path / "local.h5"), "seed": 43, "train_size": None},
+        "data": str(tmp_path / "cifar.tar.gz"),
+        "devices": "all",
+    }
+    assert started["output_dir"] == config.RESULTS_DIR / "smoke" / "notebooks"
+    assert overrides["weights"] == "local.h5"  # the caller's dict is left as it was
+
+
+def test_reproduce_refuses_an_unknown_setting_before_any_notebook(monkeypatch):
+    def run_notebooks(parameters, output_dir, notebooks=None):
+        raise AssertionError("the notebooks started")
+
+    monkeypatch.setattr(reproduce, "run_notebooks", run_notebooks)
+    with pytest.raises(ValueError, match="unknown profile setting"):
+        reproduce.reproduce("smoke", {"epochz": 3})
 
 
 @pytest.mark.realdata

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_training import SMALL, synthetic_splits
 
-from cifar10_transfer import cli, config, training
+from cifar10_transfer import cli, config, hardware, training
 
 T4 = {"name": "Tesla T4", "compute_capability": (7, 5)}
 A100 = {"name": "NVIDIA A100-SXM4-40GB", "compute_capability": (8, 0)}
@@ -37,7 +37,7 @@ def restore_policy(tmp_path, monkeypatch):
     ],
 )
 def test_auto_precision_follows_the_compute_capability(gpu, expected):
-    policy, reason = training.auto_precision(gpu)
+    policy, reason = hardware.auto_precision(gpu)
     assert policy == expected
     assert reason  # says why
     if gpu is not None and gpu["compute_capability"] is not None:
@@ -45,23 +45,23 @@ def test_auto_precision_follows_the_compute_capability(gpu, expected):
 
 
 def test_auto_logs_what_it_picked_and_why(monkeypatch, capsys):
-    monkeypatch.setattr(training, "gpu_info", lambda: T4)
-    assert training.configure_precision("auto") == "mixed_float16"
+    monkeypatch.setattr(hardware, "gpu_info", lambda: T4)
+    assert hardware.configure_precision("auto") == "mixed_float16"
     assert keras.config.dtype_policy().name == "mixed_float16"
     out = capsys.readouterr().out
     assert "precision: mixed_float16 (auto; Tesla T4: compute capability 7.5 < 8.0" in out
 
 
 def test_this_cpu_trains_in_float32():
-    assert training.gpu_info() is None
-    assert training.configure_precision("auto") == "float32"
+    assert hardware.gpu_info() is None
+    assert hardware.configure_precision("auto") == "float32"
 
 
 def test_an_explicit_precision_overrides_auto_and_a_bad_one_is_refused(monkeypatch):
-    monkeypatch.setattr(training, "gpu_info", lambda: A100)
-    assert training.configure_precision("float32") == "float32"
+    monkeypatch.setattr(hardware, "gpu_info", lambda: A100)
+    assert hardware.configure_precision("float32") == "float32"
     with pytest.raises(ValueError, match="precision must be one of auto, float32"):
-        training.configure_precision("fp8")
+        hardware.configure_precision("fp8")
 
 
 def test_float16_models_are_compiled_with_loss_scaling():
@@ -72,7 +72,7 @@ def test_float16_models_are_compiled_with_loss_scaling():
 
 
 def test_precision_is_a_profile_setting_and_a_cli_flag():
-    assert config.get_profile("quick").precision == "auto"
+    assert config.profile("quick").precision == "auto"
     args = cli.build_parser().parse_args(["train", "head", "--precision", "mixed_float16"])
     assert args.precision == "mixed_float16"
     with pytest.raises(SystemExit) as caught:
@@ -82,7 +82,10 @@ def test_precision_is_a_profile_setting_and_a_cli_flag():
 
 def _head(tmp_path, name, splits, precision):
     metrics = training.run_experiment(
-        "head", "smoke", out_dir=tmp_path / name, splits=splits, precision=precision, **SMALL
+        "head",
+        config.profile("smoke", **SMALL, precision=precision),
+        out_dir=tmp_path / name,
+        splits=splits,
     )
     with np.load(tmp_path / name / "predictions.npz") as stored:
         return metrics, stored["probabilities"]

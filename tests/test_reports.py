@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cifar10_transfer import config, data, evaluation, fileio, reports
+from cifar10_transfer import config, data, evaluation, fileio, reports, runs
 
 
 def _fake_run(folder, experiment, accuracy, backbone=None, tta=None):
@@ -47,13 +47,13 @@ def _fake_run(folder, experiment, accuracy, backbone=None, tta=None):
 
 
 def test_summary_table_orders_runs_and_markdown_uses_their_numbers(tmp_path):
-    runs, results = tmp_path / "runs", tmp_path / "results" / "quick"
+    runs_dir, results = tmp_path / "runs", tmp_path / "results" / "quick"
     for experiment, accuracy, backbone, tta in [
         ("finetune", 0.91234, "efficientnet_lite0", 0.92),
         ("baseline_cnn", 0.6543, None, None),
     ]:
-        reports.publish_run(
-            _fake_run(runs / experiment, experiment, accuracy, backbone, tta), results
+        runs.publish_run(
+            _fake_run(runs_dir / experiment, experiment, accuracy, backbone, tta), results
         )
     table = reports.write_summary(results, "quick")
     assert list(table["experiment"]) == ["baseline_cnn", "finetune"]
@@ -108,7 +108,7 @@ def test_eda_summary_adds_channel_statistics_to_the_data_summary():
 
 
 def test_error_analysis_of_a_run_is_json_ready(tmp_path):
-    run = reports.load_run(_fake_run(tmp_path / "run", "finetune", 0.9, "resnet50", tta=0.91))
+    run = runs.load_run(_fake_run(tmp_path / "run", "finetune", 0.9, "resnet50", tta=0.91))
     analysis = json.loads(json.dumps(reports.error_analysis(run, top_k=2)))
     assert analysis["best_experiment"] == "finetune"
     assert (analysis["test_accuracy"], analysis["tta_test_accuracy"]) == (0.9, 0.91)
@@ -121,7 +121,7 @@ def test_error_analysis_of_a_run_is_json_ready(tmp_path):
 
 
 def test_error_figures_come_from_stored_predictions(tmp_path):
-    run = reports.load_run(_fake_run(tmp_path / "run", "finetune", 0.9, "efficientnet_lite0"))
+    run = runs.load_run(_fake_run(tmp_path / "run", "finetune", 0.9, "efficientnet_lite0"))
     assert reports.stage_boundary(run.history) == 2
     images = np.random.default_rng(1).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
     paths = reports.error_figures(images, run.y_true, run.probabilities, tmp_path / "figures")
@@ -133,14 +133,14 @@ def test_error_figures_come_from_stored_predictions(tmp_path):
 
 def test_load_model_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.keras"):
-        reports.load_model(tmp_path)
+        runs.load_model(tmp_path)
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="broken.keras"):
-        reports.load_model(broken)
+        runs.load_model(broken)
 
 
 def test_experiment_labels_name_the_backbone():
-    assert reports.experiment_label({"experiment": "head", "backbone": "resnet50"}) == (
+    assert runs.experiment_label({"experiment": "head", "backbone": "resnet50"}) == (
         "resnet50 head only (frozen)"
     )

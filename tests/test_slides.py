@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.text import Text
 
-from cifar10_transfer import cli, config, data, fileio, plots, reports, slides
+from cifar10_transfer import cli, config, data, fileio, plots, reports, runs, slides
 
 PROFILE = "quick"
 # Distinctive values, so the tests can tell that slide numbers come from these files.
@@ -17,7 +17,7 @@ ACCURACIES = {"baseline_cnn": 0.6123, "head": 0.8417, "finetune": 0.8771}
 
 
 def _metrics(experiment: str, accuracy: float) -> dict:
-    settings = config.get_profile(PROFILE).to_dict()
+    settings = config.profile(PROFILE).to_dict()
     return {
         "experiment": experiment,
         "test_accuracy": accuracy,
@@ -99,7 +99,7 @@ def fake_outputs(tmp_path_factory):
     predicted[np.flatnonzero(test_labels == dog)[:100]] = cat  # 232 of 2,000 mixed up
     probabilities = np.full((10_000, 10), 0.1 / 9)
     probabilities[np.arange(10_000), predicted] = 0.9
-    best = reports.Run(
+    best = runs.Run(
         results / "finetune",
         _metrics("finetune", ACCURACIES["finetune"]),
         history,

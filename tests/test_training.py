@@ -62,7 +62,7 @@ def isolated_runs(tmp_path, monkeypatch):
 def test_baseline_run_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "run"
     metrics = training.run_experiment(
-        "baseline_cnn", "smoke", out_dir=out, splits=synthetic_splits(), **SMALL
+        "baseline_cnn", config.profile("smoke", **SMALL), out_dir=out, splits=synthetic_splits()
     )
     for name in ("model.keras", "metrics.json", "history.csv", "predictions.npz"):
         assert (out / name).stat().st_size > 0
@@ -88,19 +88,17 @@ def test_baseline_run_writes_a_complete_run_folder(tmp_path):
     history = pd.read_csv(out / "history.csv")
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(history)
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
-    names, probabilities = training.predict(model, synthetic_splits().x_test[:5])
+    probabilities = model.predict(synthetic_splits().x_test[:5], verbose=0)
+    names = [config.CLASS_NAMES[index] for index in probabilities.argmax(axis=1)]
     assert len(names) == 5 and set(names) <= set(config.CLASS_NAMES)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_same_seed_gives_the_same_metrics(tmp_path):
     splits = synthetic_splits()
-    first = training.run_experiment(
-        "baseline_cnn", "smoke", out_dir=tmp_path / "a", splits=splits, **SMALL
-    )
-    second = training.run_experiment(
-        "baseline_cnn", "smoke", out_dir=tmp_path / "b", splits=splits, **SMALL
-    )
+    profile = config.profile("smoke", **SMALL)
+    first = training.run_experiment("baseline_cnn", profile, out_dir=tmp_path / "a", splits=splits)
+    second = training.run_experiment("baseline_cnn", profile, out_dir=tmp_path / "b", splits=splits)
     assert first["test_accuracy"] == second["test_accuracy"]
     assert first["test_loss"] == second["test_loss"]
     pd.testing.assert_frame_equal(
@@ -122,19 +120,16 @@ class InterruptAfter(keras.callbacks.Callback):
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     out, splits = tmp_path / "run", synthetic_splits()
-    settings = {**SMALL, "baseline_epochs": 4, "early_stopping_patience": 10}
+    profile = config.profile(
+        "smoke", **{**SMALL, "baseline_epochs": 4, "early_stopping_patience": 10}
+    )
     with pytest.raises(KeyboardInterrupt):
         training.run_experiment(
-            "baseline_cnn",
-            "smoke",
-            out_dir=out,
-            splits=splits,
-            callbacks=[InterruptAfter(2)],
-            **settings,
+            "baseline_cnn", profile, out_dir=out, splits=splits, callbacks=[InterruptAfter(2)]
         )
     assert (out / "backup").exists() and not (out / "metrics.json").exists()
     metrics = training.run_experiment(
-        "baseline_cnn", "smoke", out_dir=out, splits=splits, resume=True, **settings
+        "baseline_cnn", profile, out_dir=out, splits=splits, resume=True
     )
     history = pd.read_csv(out / "history.csv")
     assert metrics["epochs"] == 4 and len(history) == 4
@@ -143,7 +138,9 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
 
 def test_head_trained_on_cached_features_drops_into_the_full_model(tmp_path):
     out, splits = tmp_path / "head", synthetic_splits()
-    metrics = training.run_experiment("head", "smoke", out_dir=out, splits=splits, **SMALL)
+    metrics = training.run_experiment(
+        "head", config.profile("smoke", **SMALL), out_dir=out, splits=splits
+    )
     assert list((tmp_path / "runs" / "features").glob("*.npz"))
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     full_model = model.predict(splits.x_test, verbose=0)
@@ -153,13 +150,11 @@ def test_head_trained_on_cached_features_drops_into_the_full_model(tmp_path):
 
 
 def test_finetune_starts_from_the_head_run_and_keeps_bn_frozen(tmp_path):
-    splits = synthetic_splits()
-    head = training.run_experiment(
-        "head", "smoke", out_dir=tmp_path / "head", splits=splits, **SMALL
-    )
+    splits, profile = synthetic_splits(), config.profile("smoke", **SMALL)
+    head = training.run_experiment("head", profile, out_dir=tmp_path / "head", splits=splits)
     head_model = keras.saving.load_model(tmp_path / "head" / "model.keras", safe_mode=True)
     metrics = training.run_experiment(
-        "finetune", "smoke", out_dir=tmp_path / "finetune", splits=splits, **SMALL
+        "finetune", profile, out_dir=tmp_path / "finetune", splits=splits
     )
     history = pd.read_csv(tmp_path / "finetune" / "history.csv")
     assert list(history["stage"]) == ["head"] * head["epochs"] + ["finetune"]
@@ -178,20 +173,20 @@ def test_finetune_starts_from_the_head_run_and_keeps_bn_frozen(tmp_path):
 
 def test_bad_experiment_and_setting_are_value_errors():
     with pytest.raises(ValueError, match="experiment must be one of"):
-        training.run_experiment("resnet", "smoke")
+        training.run_experiment("resnet", config.profile("smoke"))
     with pytest.raises(ValueError, match="unknown profile setting"):
-        training.run_experiment("head", "smoke", epochz=3)
+        training.run_experiment("head", config.profile("smoke", epochz=3))
     with pytest.raises(ValueError, match="profile must be one of"):
-        training.run_experiment("head", "huge")
+        training.run_experiment("head", config.profile("huge"))
 
 
 JAX_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from test_training import synthetic_splits, SMALL
-from cifar10_transfer import training
-metrics = training.run_experiment("head", "smoke", out_dir={out!r}, splits=synthetic_splits(),
-                                  **SMALL)
+from cifar10_transfer import config, training
+metrics = training.run_experiment("head", config.profile("smoke", **SMALL), out_dir={out!r},
+                                  splits=synthetic_splits())
 print(json.dumps(metrics))
 """
 
@@ -222,14 +217,14 @@ def test_seed_cnn_learns_real_cifar10(real_cifar10, tmp_path):
     splits = data.make_splits(
         real_cifar10, train_size=10_000, val_size=1_000, test_size=2_000, seed=42
     )
-    metrics = training.run_experiment(
-        "baseline_cnn",
+    profile = config.profile(
         "smoke",
-        out_dir=tmp_path / "run",
-        splits=splits,
         baseline_epochs=2,
         baseline_batch_size=64,
         baseline_augment=False,
         label_smoothing=0.0,
+    )
+    metrics = training.run_experiment(
+        "baseline_cnn", profile, out_dir=tmp_path / "run", splits=splits
     )
     assert metrics["test_accuracy"] >= 0.45, metrics["test_accuracy"]

@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 
-from cifar10_transfer import config, training
+from cifar10_transfer import config, hardware, training
 from cifar10_transfer.cli import main
 
 
 @pytest.fixture
 def no_accelerator(monkeypatch):
-    monkeypatch.setattr(training, "has_accelerator", lambda: False)
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
 
 
 def write_throughput(results_dir, name, images_per_second, image_size=96, **fields):
@@ -36,29 +36,29 @@ def write_throughput(results_dir, name, images_per_second, image_size=96, **fiel
 
 
 def test_gpu_profile_on_a_cpu_refuses_with_the_estimated_time(no_accelerator):
-    profile = config.get_profile("full")
-    measurement = training.cpu_throughput("resnet50")
+    profile = config.profile("full")
+    measurement = hardware.cpu_throughput("resnet50")
     assert measurement is not None, "benchmarks/results/ should hold a resnet50 CPU throughput"
-    estimate = training.cpu_seconds_estimate(profile, measurement)
+    estimate = hardware.cpu_seconds_estimate(profile, measurement)
     with pytest.raises(ValueError) as refused:
-        training.check_accelerator(profile)
+        hardware.check_accelerator(profile)
     message = str(refused.value)
     assert "profile 'full' needs a GPU" in message and "no GPU was found" in message
-    assert f"about {training._duration(estimate)} (an estimate" in message
+    assert f"about {hardware._duration(estimate)} (an estimate" in message
     assert measurement["file"] in message and "--allow-cpu" in message
     assert estimate > 3600  # ResNet-50 at 224 px on 48k images: hours on any CPU
 
 
 def test_allow_cpu_goes_on_with_a_warning(no_accelerator, capsys):
-    training.check_accelerator(config.get_profile("paper", allow_cpu=True))
+    hardware.check_accelerator(config.profile("paper", allow_cpu=True))
     out = capsys.readouterr().out
     assert out.startswith("warning: profile 'paper' needs a GPU") and "anyway" in out
 
 
 def test_cpu_profiles_and_gpus_pass_the_check(no_accelerator, monkeypatch):
-    training.check_accelerator(config.get_profile("quick"))  # needs_accelerator=False
-    monkeypatch.setattr(training, "has_accelerator", lambda: True)
-    training.check_accelerator(config.get_profile("full"))
+    hardware.check_accelerator(config.profile("quick"))  # needs_accelerator=False
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: True)
+    hardware.check_accelerator(config.profile("full"))
 
 
 def test_gpu_profiles_are_marked_on_the_profile():
@@ -75,30 +75,30 @@ def test_cost_model_uses_the_fastest_cpu_measurement_and_scales_with_pixels_and_
     write_throughput(tmp_path, "other.json", 90.0, backbone="efficientnet_lite0")
     compare = {"benchmark": "compare", "ours": {"benchmark": "throughput", "backbone": "x"}}
     (tmp_path / "compare.json").write_text(json.dumps(compare))
-    measurement = training.cpu_throughput("resnet50", tmp_path)
+    measurement = hardware.cpu_throughput("resnet50", tmp_path)
     assert (measurement["file"], measurement["cores"]) == ("fast.json", 2)
 
-    monkeypatch.setattr(training.os, "cpu_count", lambda: 2)
-    profile = config.get_profile("paper")
-    seconds = training.cpu_seconds_estimate(profile, measurement)
-    half_size = training.cpu_seconds_estimate(
-        config.override(profile, image_size=profile.image_size // 2), measurement
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 2)
+    profile = config.profile("paper")
+    seconds = hardware.cpu_seconds_estimate(profile, measurement)
+    half_size = hardware.cpu_seconds_estimate(
+        config.profile(profile, image_size=profile.image_size // 2), measurement
     )
     assert seconds == pytest.approx(4 * half_size)
-    monkeypatch.setattr(training.os, "cpu_count", lambda: 4)
-    assert training.cpu_seconds_estimate(profile, measurement) == pytest.approx(seconds / 2)
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 4)
+    assert hardware.cpu_seconds_estimate(profile, measurement) == pytest.approx(seconds / 2)
 
 
 def test_without_a_measurement_the_refusal_says_the_time_is_unknown(no_accelerator, tmp_path):
     with pytest.raises(ValueError, match="an unknown time \\(no CPU throughput of resnet50"):
-        training.check_accelerator(config.get_profile("full"), results_dir=tmp_path)
+        hardware.check_accelerator(config.profile("full"), results_dir=tmp_path)
 
 
 def test_run_experiment_refuses_before_loading_any_data(no_accelerator, tmp_path):
     # A missing data source would be an OSError/ValueError of its own: the check comes first.
     with pytest.raises(ValueError, match="no GPU was found"):
         training.run_experiment(
-            "head", "full", data_source=tmp_path / "missing", out_dir=tmp_path / "run"
+            "head", config.profile("full"), data=tmp_path / "missing", out_dir=tmp_path / "run"
         )
 
 
@@ -149,22 +149,18 @@ def fit_tiny(tmp_path, batch_size, accumulation):
     model, steps = tiny_model(), WeightsPerStep()
     tmp_path.mkdir()
     keras.utils.set_random_seed(0)  # the same shuffles for both runs
-    history = training.fit(
-        model,
-        images,
-        labels,
-        images[:4],
-        labels[:4],
+    stage = training.Stage(
+        "baseline",
         epochs=2,
         batch_size=batch_size,
         learning_rate=1e-2,
         schedule="cosine",
         patience=5,
         label_smoothing=0.0,
-        out_dir=tmp_path,
-        callbacks=[steps],
         gradient_accumulation_steps=accumulation,
     )
+    job = training.Job(tmp_path, callbacks=(steps,))
+    history = training.fit(model, images, labels, images[:4], labels[:4], stage, job)
     return model, steps.kernels, history
 
 
@@ -204,11 +200,12 @@ MIRRORED_ACCUMULATION = """
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from cifar10_transfer import training
+from cifar10_transfer import config, training
 try:
     training.run_experiment(
-        "baseline_cnn", "smoke", devices="all", baseline_batch_size=20,
-        gradient_accumulation_steps=2,
+        "baseline_cnn",
+        config.profile("smoke", baseline_batch_size=20, gradient_accumulation_steps=2),
+        devices="all",
     )
 except ValueError as error:
     print(error)

@@ -275,6 +275,7 @@ def build(experiment: config.Experiment, profile: config.Profile) -> keras.Model
         return build_transfer_model(profile)
     return BASELINES[experiment.builder](augment=profile.baseline_augment, seed=profile.seed)
 
+
 # ---------------------------------------------------------------- transfer model
 
 

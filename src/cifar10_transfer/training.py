@@ -2,7 +2,7 @@
 fine-tuning, read top to bottom as single-device code.
 
 ``run_experiment`` is what the CLI and the notebooks call: it sets up the device, seed and
-precision, loads the data, runs the experiment's stage (``train_baseline``, ``train_head``
+precision, loads the data, runs the experiment's stage (``train_on_images``, ``train_head``
 or ``fine_tune``, each over a ``Stage`` of settings read from the profile) and writes the
 run folder (``runs``). Placement on several devices or machines is one ``Placement``
 object (``distribute``).
@@ -231,8 +231,9 @@ def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job) -> pd.Dat
 # ---------------------------------------------------------------- stages
 
 
-def train_baseline(model, splits, stage: Stage, job: Job):
-    """A from-scratch model. Returns (history, test_probabilities)."""
+def train_on_images(model, splits, stage: Stage, job: Job):
+    """Fit on the images and predict the test set: a from-scratch baseline, or the head stage
+    without the feature cache. Returns (history, test_probabilities)."""
     history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, stage, job)
     return history, job.placement.predict(model, splits.x_test, stage.batch_size)
 
@@ -315,8 +316,7 @@ def train_head(model, splits, profile: config.Profile, job: Job, cache_features:
     stage, placement = Stage.of(profile, "head"), job.placement
     models.set_trainable(model, "head")
     if not cache_features:
-        history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, stage, job)
-        return history, placement.predict(model, splits.x_test, stage.batch_size)
+        return train_on_images(model, splits, stage, job)
     cache_file = (
         config.RUNS_DIR
         / "features"
@@ -411,7 +411,7 @@ def run_experiment(
     with placement.scope():
         if spec.stage == "baseline":
             model = models.build(spec, profile)
-            history, probabilities = train_baseline(model, splits, stage, job)
+            history, probabilities = train_on_images(model, splits, stage, job)
             history["stage"] = spec.stage
         elif spec.stage == "head":
             model = models.build(spec, profile)
