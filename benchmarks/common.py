@@ -16,6 +16,19 @@ from pathlib import Path
 from cifar10_transfer import config, fileio
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The recipe of the plain-PyTorch reference (reference_torch.py), which the throughput
+# comparison holds ours to: Adam, BatchNorm frozen, augmentation inside the model only.
+REFERENCE_RECIPE = dict(
+    augment=True,
+    train_bn=False,
+    optimizer="adam",
+    weight_decay=0.0,
+    warmup_epochs=0.0,
+    use_ema=False,
+    stochastic_depth=0.0,
+    mixing="none",
+    randaugment=False,
+)
 
 
 def weights_argument(text: str):

@@ -72,12 +72,13 @@ def shapes(variables) -> list:
 def step_memory(model, micro_batch: int, accumulation: int, learning_rate: float) -> dict:
     """Compile one train step for ``micro_batch`` images and return XLA's memory plan."""
     started = time.perf_counter()
-    training.compile_model(
-        model,
-        learning_rate,
-        schedule="constant",
+    stage = training.Stage(
+        "finetune",
+        batch_size=micro_batch * accumulation,
+        learning_rate=learning_rate,
         gradient_accumulation_steps=accumulation,
     )
+    training.compile_model(model, stage)
     images = jax.ShapeDtypeStruct((micro_batch, *config.IMAGE_SHAPE), "uint8")
     targets = jax.ShapeDtypeStruct((micro_batch, config.NUM_CLASSES), "float32")
     # What fit() does first: create the optimizer's and metrics' variables for these shapes.
@@ -109,7 +110,7 @@ def step_memory(model, micro_batch: int, accumulation: int, learning_rate: float
 def main(argv=None) -> None:
     args = parse_arguments(argv)
     load_before = os.getloadavg()[0]
-    profile = common.profile_from(args, "full", augment=True)
+    profile = common.profile_from(args, "full", **common.REFERENCE_RECIPE)
     training.set_seed(profile.seed)
     precision = hardware.configure_precision(profile.precision)
     if precision != "float32" and not hardware.has_accelerator():

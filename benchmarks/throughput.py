@@ -24,10 +24,10 @@ import timers
 from cifar10_transfer import config, hardware, models, runs, training
 
 
-def build_unfrozen_model(profile: config.Profile):
-    """The transfer model of ``profile``, augmenting, every layer training."""
+def build_unfrozen_model(profile: config.Profile, train_bn: bool = False):
+    """The transfer model of ``profile``, every layer training (BatchNorm if ``train_bn``)."""
     model = models.build_transfer_model(profile)
-    models.set_trainable(model, "all")
+    models.set_trainable(model, "all", train_bn=train_bn)
     return model
 
 
@@ -51,7 +51,8 @@ def main(argv=None) -> None:
     args = parse_arguments(argv)
     load_before = os.getloadavg()[0]
     os.environ.setdefault("CIFAR10_VERBOSE", "0")  # no per-step progress bar in the timing
-    profile = common.profile_from(args, "full", augment=True)
+    # Like for like with reference_torch.py: Adam, BatchNorm frozen, no batch-level mixing.
+    profile = common.profile_from(args, "full", **common.REFERENCE_RECIPE)
     training.set_seed(profile.seed)
     precision = hardware.configure_precision(profile.precision)
     model = build_unfrozen_model(profile)

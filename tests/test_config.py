@@ -9,13 +9,13 @@ import pytest
 
 from cifar10_transfer import cli, config, models, runs, training
 
-# The base recipe, quick, field by field (the values before profiles became differences).
+# The base recipe, quick, field by field.
 QUICK_RECIPE = {
     "name": "quick",
     "train_size": 10_000,
     "val_size": 2_000,
     "test_size": None,
-    "backbone": "efficientnet_lite0",
+    "backbone": "efficientnet_lite2",
     "weights": "imagenet",
     "image_size": 96,
     "head": "seed",
@@ -25,16 +25,23 @@ QUICK_RECIPE = {
     "batch_size": 64,
     "head_epochs": 15,
     "head_learning_rate": 1e-3,
-    "finetune_epochs": 3,
+    "finetune_epochs": 6,
     "finetune_learning_rate": 1e-4,
-    "unfreeze": "stage:block6",
-    "lr_schedule": "plateau",
+    "unfreeze": "stage:block2",
+    "lr_schedule": "cosine",
     "augment": True,
-    "baseline_augment": False,
+    "baseline_augment": True,
     "train_bn": False,
     "early_stopping_patience": 4,
-    "baseline_epochs": 12,
-    "baseline_learning_rate": 1e-3,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "warmup_epochs": 0.0,
+    "use_ema": True,
+    "stochastic_depth": 0.0,
+    "mixing": "none",
+    "randaugment": False,
+    "baseline_epochs": 30,
+    "baseline_learning_rate": 2e-3,
     "baseline_batch_size": 64,
     "seed": 42,
     "precision": "auto",
@@ -42,10 +49,22 @@ QUICK_RECIPE = {
     "allow_cpu": False,
     "gradient_accumulation_steps": 1,
 }
+# The GPU recipe every GPU profile shares (config.GPU_BASE).
+GPU_CHANGES = {
+    "image_size": 224,
+    "batch_size": 256,
+    "finetune_learning_rate": 0.01,
+    "unfreeze": "all",
+    "train_bn": True,
+    "optimizer": "sgd",
+    "warmup_epochs": 1.0,
+    "needs_accelerator": True,
+}
 # What each profile changes, and nothing else.
 PROFILE_CHANGES = {
     "quick": {},
     "smoke": {
+        "backbone": "efficientnet_lite0",
         "train_size": 200,
         "val_size": 100,
         "test_size": 200,
@@ -61,30 +80,29 @@ PROFILE_CHANGES = {
         "baseline_batch_size": 50,
     },
     "full": {
+        **GPU_CHANGES,
         "train_size": None,
         "backbone": "resnet50",
-        "image_size": 224,
-        "batch_size": 256,
-        "head_epochs": 10,
+        "head_epochs": 5,
         "finetune_epochs": 10,
-        "unfreeze": "all",
-        "lr_schedule": "cosine",
-        "baseline_augment": True,
+        "mixing": "mixup",
         "early_stopping_patience": 5,
         "baseline_epochs": 60,
         "baseline_batch_size": 128,
-        "needs_accelerator": True,
     },
     "paper": {
+        **GPU_CHANGES,
         "backbone": "resnet50",
-        "image_size": 224,
-        "batch_size": 128,
         "head_epochs": 10,
         "finetune_epochs": 15,
-        "unfreeze": "stage:conv4",
         "early_stopping_patience": 5,
-        "baseline_epochs": 30,
-        "needs_accelerator": True,
+    },
+    "fast": {
+        **GPU_CHANGES,
+        "train_size": None,
+        "backbone": "efficientnet_lite0",
+        "image_size": 160,
+        "early_stopping_patience": 6,
     },
 }
 
@@ -126,11 +144,11 @@ def test_profile_takes_a_profile_as_its_base():
     paper = config.profile("paper", image_size=128)
     smaller = config.profile(paper, batch_size=32)
     assert (smaller.name, smaller.image_size, smaller.batch_size) == ("paper", 128, 32)
-    assert paper.batch_size == 128 and config.PROFILES["paper"].image_size == 224
+    assert paper.batch_size == 256 and config.PROFILES["paper"].image_size == 224
 
 
 def test_unknown_profile_or_setting_is_a_value_error():
-    with pytest.raises(ValueError, match="^profile must be one of quick, smoke, full, paper, got"):
+    with pytest.raises(ValueError, match="^profile must be one of quick, smoke, full, paper, fast, got"):
         config.profile("huge")
     with pytest.raises(ValueError, match=r"^unknown profile setting\(s\) \['epochz'\]; known:"):
         config.profile("smoke", epochz=3)
@@ -242,7 +260,7 @@ def test_unknown_experiment_is_a_value_error():
 def test_stage_reads_its_own_settings_from_the_profile():
     profile = config.profile("smoke", gradient_accumulation_steps=2, lr_schedule="cosine")
     assert training.Stage.of(profile, "baseline") == training.Stage(
-        "baseline", 1, 50, 1e-3, "cosine", 2, 0.0, 2
+        "baseline", 1, 50, 2e-3, "cosine", 2, 0.0, 2
     )
     head = training.Stage.of(profile, "head")
     assert (head.epochs, head.batch_size, head.learning_rate) == (1, 50, 1e-3)

@@ -64,7 +64,7 @@ def train(placement):
     with placement.scope():
         # No dropout: its random masks are drawn per replica under MirroredStrategy.
         model = models.baseline_cnn(dropout_rate=0.0, seed=0)
-        training.compile_model(model, learning_rate=1e-3)
+        training.compile_model(model, training.Stage("head", learning_rate=1e-3))
         history = model.fit(images, targets, batch_size=20, epochs=2, shuffle=False, verbose=0)
         return model, history.history["loss"], model.predict(images[:20], verbose=0)
 

@@ -116,9 +116,16 @@ import numpy as np
 from cifar10_transfer import config, models, training
 images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
 resolved = {}
+# The GPU recipe's path too: BatchNorm training and stochastic depth, every layer unfrozen.
+recipe = models.build_transfer_model(
+    config.profile("smoke", weights=None, train_bn=True, stochastic_depth=0.2)
+)
+recipe.name = "recipe_transfer"
+models.set_trainable(recipe, "all", train_bn=True)
 for model in (models.build_transfer_model(config.profile("smoke", weights=None)),
-              models.baseline_cnn(augment=True, seed=0)):
-    training.compile_model(model, learning_rate=1e-3)  # jit_compile="auto", as in training
+              models.baseline_cnn(augment=True, seed=0), recipe):
+    # jit_compile="auto", as in training
+    training.compile_model(model, training.Stage("head", learning_rate=1e-3))
     loss = model.train_on_batch(images, training.one_hot(np.arange(4)))
     resolved[model.name] = [model.jit_compile, bool(np.all(np.isfinite(loss)))]
 print(json.dumps(resolved))
@@ -140,6 +147,7 @@ def test_augmenting_models_compile_their_train_step_on_jax():
     assert resolved == {
         "efficientnet_lite0_transfer": [True, True],
         "baseline_cnn": [True, True],
+        "recipe_transfer": [True, True],
     }
 
 

@@ -85,7 +85,7 @@ class NotebooksStarted(Exception):
 def test_reproduce_hands_the_notebooks_the_profile_name_and_its_overrides(tmp_path, monkeypatch):
     started = {}
 
-    def run_notebooks(parameters, output_dir, notebooks=None):
+    def run_notebooks(parameters, output_dir, notebooks=None, timings=None):
         started.update(parameters=parameters, output_dir=output_dir)
         raise NotebooksStarted
 
@@ -106,7 +106,7 @@ def test_reproduce_hands_the_notebooks_the_profile_name_and_its_overrides(tmp_pa
 
 
 def test_reproduce_refuses_an_unknown_setting_before_any_notebook(monkeypatch):
-    def run_notebooks(parameters, output_dir, notebooks=None):
+    def run_notebooks(parameters, output_dir, notebooks=None, timings=None):
         raise AssertionError("the notebooks started")
 
     monkeypatch.setattr(reproduce, "run_notebooks", run_notebooks)
@@ -127,6 +127,8 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
             "smoke",
             "--data",
             str(real_data_path),
+            "--seeds",
+            "2",
         ],
         env=environment,
         capture_output=True,
@@ -138,11 +140,26 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
     for name in reproduce.NOTEBOOKS:
         assert (results / "notebooks" / name).exists()
     timings = json.loads((results / "notebooks" / "timings.json").read_text())["seconds"]
-    assert set(timings) == {*reproduce.NOTEBOOKS, "total"} and timings["total"] > 0
+    assert set(timings) == {*reproduce.NOTEBOOKS, "extra seeds", "total"}
+    assert timings["total"] > timings["extra seeds"] > 0
     summary = json.loads((results / "summary.json").read_text())
     experiments = [run["experiment"] for run in summary["runs"]]
     assert experiments == ["baseline_cnn", "two_layer_fc", "three_layer_cnn", "head", "finetune"]
     assert all(0.0 <= run["test_accuracy"] <= 1.0 for run in summary["runs"])
+    # Seed 43 trained the compared models again: their rows are means over 2 seeds.
+    seeds = {run["experiment"]: (run["seeds"], run["seed"]) for run in summary["runs"]}
+    assert seeds == {
+        "baseline_cnn": (2, "42,43"),
+        "two_layer_fc": (1, "42"),
+        "three_layer_cnn": (1, "42"),
+        "head": (2, "42,43"),
+        "finetune": (2, "42,43"),
+    }
+    second = json.loads((results / "seeds" / "43" / "finetune" / "metrics.json").read_text())
+    assert second["seed"] == 43 and second["profile"]["seed"] == 43
+    finetune = next(run for run in summary["runs"] if run["experiment"] == "finetune")
+    first = json.loads((results / "finetune" / "metrics.json").read_text())["test_accuracy"]
+    assert finetune["test_accuracy"] == pytest.approx((first + second["test_accuracy"]) / 2)
     assert json.loads((results / "eda.json").read_text())["train"]["cat"] == 5000
     assert "most_confused_pairs" in json.loads((results / "error_analysis.json").read_text())
     figures = sorted(path.name for path in (tmp_path / "images" / "smoke").glob("*.png"))

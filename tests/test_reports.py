@@ -66,6 +66,45 @@ def test_summary_table_orders_runs_and_markdown_uses_their_numbers(tmp_path):
     assert "NaN" not in (results / "summary.json").read_text()
 
 
+def test_summary_reports_mean_std_and_count_over_seeds(tmp_path):
+    runs_dir, results = tmp_path / "runs", tmp_path / "results" / "quick"
+    runs.publish_run(
+        _fake_run(runs_dir / "a", "finetune", 0.86, "efficientnet_lite0", 0.87), results
+    )
+    runs.publish_run(_fake_run(runs_dir / "b", "baseline_cnn", 0.70), results)
+    for seed, accuracy in ((43, 0.88), (44, 0.87)):
+        folder = _fake_run(runs_dir / str(seed), "finetune", accuracy, "efficientnet_lite0", 0.89)
+        metrics = fileio.read_json(folder / "metrics.json")
+        fileio.write_json(folder / "metrics.json", {**metrics, "seed": seed})
+        runs.publish_run(folder, results / reports.SEEDS_DIR / str(seed))
+    table = reports.write_summary(results, "quick").set_index("experiment")
+    accuracies = np.array([0.86, 0.88, 0.87])
+    assert table.loc["finetune", "test_accuracy"] == pytest.approx(accuracies.mean())
+    assert table.loc["finetune", "test_accuracy_std"] == pytest.approx(accuracies.std(ddof=1))
+    assert (table.loc["finetune", "seeds"], table.loc["finetune", "seed"]) == (3, "42,43,44")
+    assert table.loc["baseline_cnn", "seeds"] == 1
+    assert pd.isna(table.loc["baseline_cnn", "test_accuracy_std"])
+    markdown = (results / "results.md").read_text()
+    assert " 87.00% ± 1.00 |" in markdown  # mean ± std in points
+    assert " 70.00% |" in markdown and "70.00% ±" not in markdown  # one seed: no spread
+    assert "over the seeds run (42, 43, 44)" in markdown
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["runs"][0]["test_accuracy_std"] is None  # null, not NaN
+
+
+@pytest.mark.parametrize(
+    ("source", "described"),
+    [
+        ("/data/cifar10-jpeg.tar.gz", "the JPEG copy of CIFAR-10 (`cifar10-jpeg.tar.gz`)"),
+        ("/k/cifar-10-batches-py", "the official CIFAR-10 (`cifar-10-batches-py`)"),
+        ("/k/cifar-10-python.tar.gz", "the official CIFAR-10 (`cifar-10-python.tar.gz`)"),
+        ("/data/my_pngs", "CIFAR-10 from `my_pngs`"),
+    ],
+)
+def test_results_footer_names_the_data_that_was_used(source, described):
+    assert reports.data_description(source) == described
+
+
 def test_summary_of_an_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no \\*/metrics.json"):
         reports.summary_table(tmp_path)

@@ -64,6 +64,8 @@ def fake_outputs(tmp_path_factory):
                 "test_size": 10_000,
                 **{key: metrics[key] for key in ("wall_time_s", "device", "backend", "seed")},
                 "git_commit": "abc1234",
+                "test_accuracy_std": None,
+                "seeds": 1,
             }
         )
     fileio.write_json(results / "summary.json", {"profile": PROFILE, "runs": rows})

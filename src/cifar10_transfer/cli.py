@@ -183,7 +183,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from cifar10_transfer import reproduce
 
     try:
-        reproduce.reproduce(args.profile, _overrides(args), data=args.data, devices=args.devices)
+        reproduce.reproduce(
+            args.profile,
+            _overrides(args),
+            data=args.data,
+            devices=args.devices,
+            seeds=args.seeds,
+        )
     except reproduce.NotebookError as error:  # the failing cell's error, not a wall of JSON
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -237,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_options(rerun)
     _add_data_option(rerun)
     rerun.add_argument("--devices", default=None, help="'all' or N devices (default: 1)")
+    rerun.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train the seed CNN, head and fine-tuning with this many seeds (the profile's "
+        "seed, then +1, +2, ...); the table reports mean ± std (default: 1)",
+    )
     rerun.set_defaults(handler=cmd_reproduce)
 
     export_help = "package a run folder as a Gradio demo for Hugging Face Spaces"

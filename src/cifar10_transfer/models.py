@@ -350,8 +350,24 @@ def _build_application(application: str, weights, image_size: int):
         raise
 
 
-def build_backbone(backbone: str = "resnet50", weights="imagenet", image_size: int = 224):
-    """Return ``(backbone_model, preprocessing_mode)``; the model expects preprocessed input."""
+def build_backbone(
+    backbone: str = "resnet50",
+    weights="imagenet",
+    image_size: int = 224,
+    stochastic_depth: float = 0.0,
+):
+    """Return ``(backbone_model, preprocessing_mode)``; the model expects preprocessed input.
+
+    ``stochastic_depth``: EfficientNet-Lite's drop-connect rate (the last block's; earlier
+    blocks drop less), active only when the backbone runs in training mode.
+    """
+    if not 0.0 <= stochastic_depth < 1.0:
+        raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth}")
+    if stochastic_depth and not backbone.startswith("efficientnet_lite"):
+        raise ValueError(
+            f"stochastic_depth={stochastic_depth} needs an efficientnet_lite backbone: "
+            f"keras.applications' {backbone!r} has no drop-connect rate to set"
+        )
     if weights not in ("imagenet", None) and not os.path.exists(str(weights)):
         raise WeightsError(
             f"weights file {weights!r} does not exist; expected 'imagenet', None "
@@ -364,7 +380,10 @@ def build_backbone(backbone: str = "resnet50", weights="imagenet", image_size: i
                 f"backbone must be one of {sorted(efficientnet_lite.BACKBONES)}, got {backbone!r}"
             )
         model = constructor(
-            include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
+            include_top=False,
+            weights=weights,
+            input_shape=(image_size, image_size, 3),
+            drop_connect_rate=stochastic_depth,
         )
         return model, "included"
     application = _application_name(backbone)
@@ -407,17 +426,20 @@ def transfer_model(
     augment: bool = True,
     train_bn: bool = False,
     seed: int | None = None,
+    stochastic_depth: float = 0.0,
 ) -> keras.Model:
     """uint8 32x32 -> [augment] -> resize -> backbone preprocessing -> backbone -> GAP -> head.
 
     The backbone starts frozen (head-only stage); see ``set_trainable`` for fine-tuning.
     With ``train_bn=False`` (default, as the Keras transfer-learning guide advises) the
     backbone is called with ``training=False`` so BatchNormalization stays in inference
-    mode even after it is unfrozen.
+    mode even after it is unfrozen. Stochastic depth needs the backbone in training mode;
+    BatchNormalization then stays in inference mode because ``set_trainable`` keeps it
+    frozen (a frozen Keras 3 BatchNormalization layer always uses its moving statistics).
     """
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 px, got {image_size}")
-    base_model, mode = build_backbone(backbone, weights, image_size)
+    base_model, mode = build_backbone(backbone, weights, image_size, stochastic_depth)
     base_model.name = "backbone"
     base_model.trainable = False
 
@@ -426,7 +448,7 @@ def transfer_model(
     # Resizing happens here, batch by batch on the accelerator: the dataset stays 32x32 uint8.
     x = layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(x)
     x = _preprocess(x, mode)
-    x = base_model(x, training=False) if not train_bn else base_model(x)
+    x = base_model(x) if train_bn or stochastic_depth else base_model(x, training=False)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     head_model = build_head(x.shape[-1], head, head_units, dropout_rate)
     outputs = head_model(x)
@@ -499,4 +521,5 @@ def build_transfer_model(profile: config.Profile) -> keras.Model:
         augment=profile.augment,
         train_bn=profile.train_bn,
         seed=profile.seed,
+        stochastic_depth=profile.stochastic_depth,
     )

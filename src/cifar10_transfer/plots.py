@@ -556,8 +556,12 @@ def comparison_bars(
     path=None,
     size=None,
     prior_as: str = "lines",
+    spread: dict | None = None,
 ):
     """Our test accuracies (name -> fraction) as bars against the prior write-ups' figures.
+
+    ``spread``: name -> standard deviation over seeds (fraction), drawn as an error bar of
+    one std each side; names missing from it, or with NaN (a single seed), get none.
 
     ``prior_as``: "lines", reference lines across our bars (notebook 05); "bars", grey bars
     below ours with every value beside its bar (the slide deck: one row per figure reads
@@ -573,14 +577,22 @@ def comparison_bars(
         raise ValueError(f"prior_as must be 'lines' or 'bars', got {prior_as!r}")
     names = list(results)
     values = np.array([results[name] for name in names], dtype=float)
+    errors = np.array([(spread or {}).get(name, np.nan) for name in names], dtype=float)
+    errors = np.nan_to_num(errors, nan=0.0)
+    error_style = {"ecolor": "0.1", "capsize": 4, "error_kw": {"elinewidth": 1.5}}
     size = size or (10, 0.6 * len(names) + 3.2)
     figure, axis = plt.subplots(figsize=size, layout="constrained")
     if prior_as == "bars":
         names += list(prior_work)
         values = np.append(values, list(prior_work.values()))
         colors = [OURS_COLOR] * len(results) + [PRIOR_COLOR] * len(prior_work)
-        bars = axis.barh(names, values, color=colors, height=0.7)
-        axis.bar_label(bars, labels=[percent(value) for value in values], padding=4)
+        errors = np.append(errors, np.zeros(len(prior_work)))
+        bars = axis.barh(names, values, color=colors, height=0.7, xerr=errors, **error_style)
+        labels = [
+            percent(value) + (f" ± {100 * error:.1f}" if error else "")
+            for value, error in zip(values, errors, strict=True)
+        ]
+        axis.bar_label(bars, labels=labels, padding=4)
         axis.set_xlim(0, 1.12)  # room for the labels right of the bars
         axis.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
         handles = [Patch(color=OURS_COLOR, label="our runs")]
@@ -588,7 +600,14 @@ def comparison_bars(
             handles.append(Patch(color=PRIOR_COLOR, label="prior work (literature figures)"))
         figure.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
     else:
-        bars = axis.barh(names, values, color=sns.color_palette("crest", len(names)), height=0.6)
+        bars = axis.barh(
+            names,
+            values,
+            color=sns.color_palette("crest", len(names)),
+            height=0.6,
+            xerr=errors,
+            **error_style,
+        )
         # Values sit in the middle of the bar, clear of the reference lines near the bar ends;
         # a bar too short to hold its label gets it just outside.
         for bar, value in zip(bars, values, strict=True):

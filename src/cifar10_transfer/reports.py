@@ -56,11 +56,23 @@ def error_figures(
     return list(paths.values())
 
 
+SEEDS_DIR = "seeds"  # results/<profile>/seeds/<seed>/<experiment>/: runs of the extra seeds
+
+
+def published_metrics(results_dir: str | os.PathLike) -> list[dict]:
+    """metrics.json of every run published under ``results_dir``: ``<experiment>/`` (the
+    notebooks' seed) and ``seeds/<seed>/<experiment>/`` (``make reproduce SEEDS=N``)."""
+    results_dir = Path(results_dir)
+    paths = sorted(results_dir.glob("*/metrics.json"))
+    paths += sorted(results_dir.glob(f"{SEEDS_DIR}/*/*/metrics.json"))
+    return [fileio.read_json(path) for path in paths]
+
+
 def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """One row per published run under ``results_dir``, in experiment order."""
+    """One row per experiment published under ``results_dir``, in experiment order, with
+    the mean and sample standard deviation over its seeds (std is NaN for one seed)."""
     rows = []
-    for path in sorted(Path(results_dir).glob("*/metrics.json")):
-        metrics = fileio.read_json(path)
+    for metrics in published_metrics(results_dir):
         data = metrics.get("data", {})
         rows.append(
             {
@@ -73,6 +85,7 @@ def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
                 "image_size": metrics.get("image_size"),
                 "train_size": data.get("train_size"),
                 "test_size": data.get("test_size"),
+                "data_source": data.get("source"),
                 "epochs": metrics.get("epochs"),
                 "wall_time_s": metrics.get("wall_time_s"),
                 "device": metrics.get("device"),
@@ -83,22 +96,62 @@ def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
         )
     if not rows:
         raise FileNotFoundError(f"{results_dir}: no */metrics.json to summarise")
-    table = pd.DataFrame(rows)
+    per_run = pd.DataFrame(rows)
+    first = per_run.groupby("experiment", sort=False).first()
+    grouped = per_run.groupby("experiment", sort=False)
+    means = grouped[["test_accuracy", "tta_test_accuracy", "test_loss", "ece", "wall_time_s"]]
+    table = first.assign(
+        **means.mean(),
+        test_accuracy_std=grouped["test_accuracy"].std(),
+        tta_test_accuracy_std=grouped["tta_test_accuracy"].std(),
+        seeds=grouped["seed"].count(),
+        seed=grouped["seed"].agg(lambda seeds: ",".join(str(seed) for seed in sorted(seeds))),
+        git_commit=grouped["git_commit"].agg(lambda commits: ",".join(sorted(set(commits)))),
+    ).reset_index()
     order = {name: index for index, name in enumerate(config.EXPERIMENTS)}
     return table.sort_values("experiment", key=lambda column: column.map(order)).reset_index(
         drop=True
     )
 
 
+def _mean_std(mean, std) -> str:
+    """ "85.12% ± 0.31" (points), or "85.12%" for one seed; "–" for no value."""
+    if pd.isna(mean):
+        return evaluation.percent(mean, 2)
+    text = evaluation.percent(mean, 2)
+    return text if pd.isna(std) else f"{text} ± {100 * std:.2f}"
+
+
+def data_description(source: str | None) -> str:
+    """What a run's data source was, for table footers: the official dataset, the JPEG copy,
+    or the file or folder name."""
+    name = Path(str(source or "unknown")).name
+    if name.startswith(("cifar-10-python", "cifar-10-batches-py")):
+        return f"the official CIFAR-10 (`{name}`)"
+    if "jpeg" in name.lower():
+        return f"the JPEG copy of CIFAR-10 (`{name}`)"
+    return f"CIFAR-10 from `{name}`"
+
+
 def results_markdown(table: pd.DataFrame, profile: str) -> str:
-    """The README's results table, generated from ``summary_table``."""
+    """The README's results table, generated from ``summary_table``: mean ± std (points)
+    over the seeds each experiment ran with."""
     cells = pd.DataFrame(
         {
             "model": table["model"],
-            "test accuracy": table["test_accuracy"].map(lambda value: evaluation.percent(value, 2)),
-            "with flip TTA": table["tta_test_accuracy"].map(
-                lambda value: evaluation.percent(value, 2)
-            ),
+            "test accuracy": [
+                _mean_std(mean, std)
+                for mean, std in zip(
+                    table["test_accuracy"], table["test_accuracy_std"], strict=True
+                )
+            ],
+            "with flip TTA": [
+                _mean_std(mean, std)
+                for mean, std in zip(
+                    table["tta_test_accuracy"], table["tta_test_accuracy_std"], strict=True
+                )
+            ],
+            "seeds": table["seeds"].map(str),
             "ECE": table["ece"].map("{:.3f}".format),
             "input": table["image_size"].map("{} px".format),
             "train images": table["train_size"].map("{:,}".format),
@@ -107,13 +160,16 @@ def results_markdown(table: pd.DataFrame, profile: str) -> str:
         }
     )
     first = table.iloc[0]
+    seeds = sorted({seed for text in table["seed"] for seed in str(text).split(",")}, key=int)
     return (
         # disable_numparse: the cells are already formatted text; tabulate would reformat "3".
-        cells.to_markdown(index=False, colalign=["left"] + ["right"] * 7, disable_numparse=True)
+        cells.to_markdown(index=False, colalign=["left"] + ["right"] * 8, disable_numparse=True)
         + "\n\n"
-        + f"Profile `{profile}`; test set: {first.test_size:,} images of the JPEG copy of "
-        f"CIFAR-10; device: {first.device}; backend: {first.backend}; seed {first.seed}; "
-        f"code {first.git_commit}. Generated from `results/{profile}/*/metrics.json`."
+        + f"Profile `{profile}`; mean ± standard deviation (percentage points) over the seeds "
+        f"run ({', '.join(seeds)}); wall time is the mean per run. Test set: "
+        f"{first.test_size:,} images of {data_description(first.data_source)}; device: "
+        f"{first.device}; backend: {first.backend}; code {first.git_commit}. Generated from "
+        f"`results/{profile}/*/metrics.json` and `results/{profile}/seeds/*/*/metrics.json`."
     )
 
 

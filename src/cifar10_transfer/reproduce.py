@@ -1,6 +1,9 @@
 """``make reproduce``: run notebooks 01-05 with papermill, then publish the results table.
 
-Executed notebooks, and the seconds each took (``timings.json``), are saved to
+With ``seeds`` > 1 the seed CNN, the head stage and fine-tuning are trained again with the
+next seeds (profile seed + 1, + 2, ...) between notebooks 04 and 05, and published to
+``results/<profile>/seeds/<seed>/``; notebook 05 and the table then report mean ± std.
+Executed notebooks, and the seconds each step took (``timings.json``), are saved to
 ``results/<profile>/notebooks/``; the summary goes to
 ``results/<profile>/summary.json`` and ``results.md``, and into the README between the
 ``<!-- results-<profile>:start/end -->`` markers when the README has them.
@@ -8,6 +11,7 @@ Executed notebooks, and the seconds each took (``timings.json``), are saved to
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -26,21 +30,26 @@ class NotebookError(RuntimeError):
     """A notebook cell raised; the message names the notebook, the cell and the error."""
 
 
-def run_notebooks(parameters: dict, output_dir: Path, notebooks=None) -> list[Path]:
-    """Execute ``notebooks`` (paths; default: 01-05) in order; stop at the first failing cell."""
+# What the extra seeds train: the models the results table and the slides compare.
+SEED_EXPERIMENTS = ("baseline_cnn", "head", "finetune")
+
+
+def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=None) -> dict:
+    """Execute ``notebooks`` (paths; default: 01-05) in order; stop at the first failing cell.
+    Returns ``timings`` (a dict) with the seconds of each notebook added."""
     import papermill
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    executed, timings = [], {}
+    timings = {} if timings is None else timings
     started = time.perf_counter()
     notebooks = [
         Path(path) for path in notebooks or [config.NOTEBOOKS_DIR / name for name in NOTEBOOKS]
     ]
-    for index, source in enumerate(notebooks, start=1):
+    for source in notebooks:
         name, target = source.name, output_dir / source.name
         if not source.exists():
             raise FileNotFoundError(f"{source}: notebook not found")
-        print(f"[{index}/{len(notebooks)}] {name} ...", flush=True)
+        print(f"[{name}] ...", flush=True)
         notebook_started = time.perf_counter()
         try:
             papermill.execute_notebook(
@@ -58,23 +67,46 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None) -> list[Pa
             ) from None
         elapsed = time.perf_counter() - notebook_started
         total = time.perf_counter() - started
-        print(
-            f"[{index}/{len(notebooks)}] {name} done in {elapsed:.0f} s "
-            f"(total {total / 60:.1f} min)",
-            flush=True,
-        )
-        executed.append(target)
+        print(f"[{name}] done in {elapsed:.0f} s (total {total / 60:.1f} min)", flush=True)
         timings[name] = round(elapsed, 1)
-    timings["total"] = round(time.perf_counter() - started, 1)
-    fileio.write_json(output_dir / "timings.json", {"seconds": timings})
-    return executed
+    return timings
+
+
+def train_seeds(profile: config.Profile, seeds, data=None, devices=None) -> Path:
+    """Train ``SEED_EXPERIMENTS`` once per seed in ``seeds``; publish each run to
+    ``results/<profile>/seeds/<seed>/``. Returns that seeds folder."""
+    from cifar10_transfer import runs, training
+
+    results = config.RESULTS_DIR / profile.name / reports.SEEDS_DIR
+    for seed in seeds:
+        seeded = config.profile(profile, seed=seed)
+        for experiment in SEED_EXPERIMENTS:
+            print(f"[seed {seed}] {experiment} ...", flush=True)
+            folder = runs.run_dir(profile.name, experiment, seed=seed)
+            metrics = training.run_experiment(
+                experiment, seeded, data=data, out_dir=folder, devices=devices
+            )
+            runs.publish_run(folder, results / str(seed))
+            print(
+                f"[seed {seed}] {experiment}: test accuracy "
+                f"{metrics['test_accuracy']:.2%} in {metrics['wall_time_s'] / 60:.1f} min",
+                flush=True,
+            )
+    return results
 
 
 def reproduce(
-    profile_name: str = "quick", overrides: dict | None = None, data=None, devices=None
+    profile_name: str = "quick",
+    overrides: dict | None = None,
+    data=None,
+    devices=None,
+    seeds: int = 1,
 ) -> Path:
     """Run the five notebooks with profile ``profile_name`` changed by ``overrides`` (any
-    Profile settings), write the summary and update the README; return results.md."""
+    Profile settings), and with ``seeds`` > 1 the extra seeds; write the summary and update
+    the README; return results.md."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     overrides = dict(overrides or {})
     profile = config.profile(profile_name, **overrides)  # unknown settings fail here
     # A GPU profile on a CPU stops here, before notebook 01, not in notebook 02.
@@ -93,7 +125,19 @@ def reproduce(
         "devices": devices,
     }
     results_dir = config.RESULTS_DIR / profile_name
-    run_notebooks(parameters, results_dir / "notebooks")
+    notebooks_dir = results_dir / "notebooks"
+    started = time.perf_counter()
+    paths = [config.NOTEBOOKS_DIR / name for name in NOTEBOOKS]
+    timings = run_notebooks(parameters, notebooks_dir, paths[:-1])
+    # Earlier extra-seed results would mix into the table: replace them.
+    shutil.rmtree(results_dir / reports.SEEDS_DIR, ignore_errors=True)
+    if seeds > 1:
+        seeds_started = time.perf_counter()
+        train_seeds(profile, range(profile.seed + 1, profile.seed + seeds), data, devices)
+        timings["extra seeds"] = round(time.perf_counter() - seeds_started, 1)
+    run_notebooks(parameters, notebooks_dir, paths[-1:], timings)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    fileio.write_json(notebooks_dir / "timings.json", {"seconds": timings, "seeds": seeds})
     table = reports.summary_table(results_dir)  # written by notebook 05
     markdown = reports.results_markdown(table, profile_name)
     readme = config.ROOT / "README.md"

@@ -26,8 +26,11 @@ from cifar10_transfer import __version__, config, evaluation, fileio
 RUN_FILES = ("model.keras", "metrics.json", "history.csv", "predictions.npz")
 
 
-def run_dir(profile_name: str, experiment: str) -> Path:
-    return config.RUNS_DIR / profile_name / experiment
+def run_dir(profile_name: str, experiment: str, seed: int | None = None) -> Path:
+    """runs/<profile>/<experiment>, or runs/<profile>/seed-<seed>/<experiment> for an extra
+    seed (``make reproduce SEEDS=N``)."""
+    base = config.RUNS_DIR / profile_name
+    return (base / f"seed-{seed}" if seed is not None else base) / experiment
 
 
 def prepare(out_dir: Path, resume: bool) -> None:

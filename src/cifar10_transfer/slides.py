@@ -388,11 +388,12 @@ def method_slide(figure: Figure, deck: Deck) -> None:
 def results_slide(figure: Figure, deck: Deck) -> None:
     # Right edges (in) of the number columns; the model name starts at MARGIN.
     columns = [
-        ("test\naccuracy", 6.95),
-        ("flip\nTTA", 7.95),
-        ("ECE", 8.85),
-        ("input", 9.9),
-        ("train\nimages", 11.1),
+        ("test accuracy\nmean ± std", 7.3),
+        ("flip\nTTA", 8.3),
+        ("seeds", 9.05),
+        ("ECE", 9.85),
+        ("input", 10.75),
+        ("train\nimages", 11.8),
         ("wall\ntime", WIDTH - MARGIN),
     ]
     best = deck.best.experiment
@@ -400,8 +401,14 @@ def results_slide(figure: Figure, deck: Deck) -> None:
         (
             row.model,
             [
-                percent(row.test_accuracy),
+                percent(row.test_accuracy)
+                + (
+                    ""
+                    if pd.isna(row.test_accuracy_std)
+                    else f" ± {100 * row.test_accuracy_std:.1f}"
+                ),
                 percent(row.tta_test_accuracy),
+                str(row.seeds),
                 "–" if pd.isna(row.ece) else f"{row.ece:.3f}",
                 f"{row.image_size} px",
                 f"{row.train_size:,}",
@@ -412,7 +419,7 @@ def results_slide(figure: Figure, deck: Deck) -> None:
         for row in deck.runs.itertuples()
     ]
     prior = [
-        (name, [percent(value)] + ["–"] * 5, False) for name, value in config.PRIOR_WORK.items()
+        (name, [percent(value)] + ["–"] * 6, False) for name, value in config.PRIOR_WORK.items()
     ]
     sections = [
         (f"Our runs (profile {deck.profile})", rows, plots.OURS_COLOR),
@@ -435,6 +442,7 @@ def results_slide(figure: Figure, deck: Deck) -> None:
 
 def comparison_slide(figure: Figure, deck: Deck) -> None:
     results = dict(zip(deck.runs["model"], deck.runs["test_accuracy"], strict=True))
+    spread = dict(zip(deck.runs["model"], deck.runs["test_accuracy_std"], strict=True))
     width, height = WIDTH - 2 * MARGIN, CONTENT_TOP - FOOTER_TOP
     _chart(
         figure,
@@ -444,6 +452,7 @@ def comparison_slide(figure: Figure, deck: Deck) -> None:
         width,
         height,
         results=results,
+        spread=spread,
         prior_as="bars",
     )
 
@@ -583,8 +592,12 @@ def next_steps_slide(figure: Figure, deck: Deck) -> None:
     items += [
         f"Like-for-like with the write-ups ({paper.backbone}, {paper.train_size:,} training "
         "images): make reproduce PROFILE=paper.",
-        "Several seeds per model, to report a mean and a spread instead of one number.",
     ]
+    if deck.runs["seeds"].max() <= 1:
+        items.append(
+            "Several seeds per model (make reproduce SEEDS=3), to report a mean and a spread "
+            "instead of one number."
+        )
     if hardest:
         items.append(
             f"Work on the weakest classes ({' and '.join(hardest)}): higher input resolution, "

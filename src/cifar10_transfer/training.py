@@ -24,6 +24,18 @@ from cifar10_transfer import config, distribute, evaluation, fileio, hardware, m
 from cifar10_transfer import data as datasets
 
 SCHEDULES = ("plateau", "cosine", "constant")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+MIXINGS = ("none", "mixup", "cutmix")
+SGD_MOMENTUM = 0.9  # Nesterov
+# EMA of the weights: each update moves the average 1% of the way, so it spans about the
+# last 100 updates (well under one CIFAR epoch at the profiles' batch sizes).
+EMA_MOMENTUM = 0.99
+# Weight decay skips variables whose name contains one of these: BatchNorm's scale and
+# offset, and every bias (decaying them only fights the normalisation).
+NO_WEIGHT_DECAY = ("gamma", "beta", "bias")
+MIXUP_ALPHA = 0.2  # keras.layers.MixUp: Beta(alpha, alpha) mixing weights
+RANDAUGMENT_OPS = 2  # keras.layers.RandAugment: operations per image...
+RANDAUGMENT_FACTOR = 0.5  # ...and their strength (0..1)
 PLATEAU_FACTOR = 0.2  # ReduceLROnPlateau: multiply the learning rate by this...
 PLATEAU_PATIENCE = 2  # ...after this many epochs without val_loss improvement
 MIN_LEARNING_RATE = 1e-7
@@ -40,13 +52,20 @@ class Stage:
     """What one stage's ``fit`` needs, read from the profile by ``Stage.of``."""
 
     name: str  # "baseline", "head" or "finetune"
-    epochs: int
-    batch_size: int  # images per optimizer update (global)
-    learning_rate: float  # Adam, initial
-    schedule: str  # "plateau", "cosine" or "constant"
-    patience: int  # early stopping: epochs without val_accuracy gain
-    label_smoothing: float
+    epochs: int = 1
+    batch_size: int = 64  # images per optimizer update (global)
+    learning_rate: float = 1e-3  # initial
+    schedule: str = "constant"  # "plateau", "cosine" or "constant"
+    patience: int = 1  # early stopping: epochs without val_accuracy gain
+    label_smoothing: float = 0.0
     gradient_accumulation_steps: int = 1  # micro-batches per update
+    # fine-tuning recipe; the head stage and the baselines keep these defaults
+    optimizer: str = "adam"  # "adam", "adamw" or "sgd"
+    weight_decay: float = 0.0  # decoupled, x learning rate per update
+    warmup_epochs: float = 0.0  # linear warm-up before the cosine decay
+    use_ema: bool = False  # validate, checkpoint and keep the weights' moving average
+    mixing: str = "none"  # "mixup" or "cutmix" on each training batch
+    randaugment: bool = False  # RandAugment on each training batch
 
     @classmethod
     def of(cls, profile: config.Profile, name: str) -> Stage:
@@ -63,7 +82,17 @@ class Stage:
                 profile.finetune_learning_rate,
             ),
         }[name]
-        return cls(
+        recipe = {}
+        if name == "finetune":
+            recipe = {
+                "optimizer": profile.optimizer,
+                "weight_decay": profile.weight_decay,
+                "warmup_epochs": profile.warmup_epochs,
+                "use_ema": profile.use_ema,
+                "mixing": profile.mixing,
+                "randaugment": profile.randaugment,
+            }
+        stage = cls(
             name,
             epochs,
             batch_size,
@@ -72,7 +101,27 @@ class Stage:
             profile.early_stopping_patience,
             profile.label_smoothing,
             profile.gradient_accumulation_steps,
+            **recipe,
         )
+        stage.check()
+        return stage
+
+    def check(self) -> None:
+        """ValueError for a setting outside its choices (before any work starts)."""
+        for setting, value, choices in (
+            ("lr_schedule", self.schedule, SCHEDULES),
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("mixing", self.mixing, MIXINGS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{setting} must be one of {', '.join(choices)}, got {value!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_epochs < 0 or (self.warmup_epochs and self.schedule != "cosine"):
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs}: must be >= 0, and warm-up needs "
+                f"lr_schedule=cosine (got {self.schedule!r})"
+            )
 
     @property
     def micro_batch_size(self) -> int:
@@ -114,49 +163,61 @@ def micro_batch_size(batch_size: int, gradient_accumulation_steps: int) -> int:
     return batch_size // steps
 
 
-def _optimizer(
-    learning_rate: float,
-    schedule: str,
-    epochs: int,
-    steps_per_epoch: int,
-    gradient_accumulation_steps: int = 1,
-):
-    """Adam; ``steps_per_epoch`` counts fit() steps (micro-batches), not updates."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if schedule == "cosine":
-        # Keras evaluates a schedule at the micro-step count (optimizer._iterations, while
-        # optimizer.iterations counts updates), and with N micro-steps per update, update j
-        # runs at micro-step j * N + N - 1. Decaying over all micro-steps after a flat
-        # "warm-up" of N - 1 steps at the initial rate gives update j the rate of step j of a
-        # cosine over the real updates: the same rates as without accumulation.
-        steps = gradient_accumulation_steps
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate,
-            decay_steps=max(epochs * steps_per_epoch, 1),
-            warmup_target=learning_rate if steps > 1 else None,
-            warmup_steps=steps - 1,
+def learning_rate_schedule(stage: Stage, steps_per_epoch: int):
+    """The stage's initial rate, or its warm-up + cosine schedule over fit() steps."""
+    if stage.schedule != "cosine":
+        return stage.learning_rate  # constant, or lowered by ReduceLROnPlateau
+    # Keras evaluates a schedule at the micro-step count (optimizer._iterations, while
+    # optimizer.iterations counts updates), and with N micro-steps per update, update j runs
+    # at micro-step j * N + N - 1. Counting the schedule in micro-steps, with a flat "warm-up"
+    # of N - 1 steps at the initial rate when there is no real warm-up, gives update j the
+    # rate of update j of the same schedule without accumulation.
+    steps = stage.gradient_accumulation_steps
+    total = max(stage.epochs * steps_per_epoch, 1)
+    warmup = min(int(round(stage.warmup_epochs * steps_per_epoch)), total - 1)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, total - warmup, warmup_target=stage.learning_rate, warmup_steps=warmup
         )
-    # Keras takes None, not 1, for "no accumulation".
-    accumulation = gradient_accumulation_steps if gradient_accumulation_steps > 1 else None
-    return keras.optimizers.Adam(learning_rate, gradient_accumulation_steps=accumulation)
+    return keras.optimizers.schedules.CosineDecay(
+        stage.learning_rate,
+        decay_steps=total,
+        warmup_target=stage.learning_rate if steps > 1 else None,
+        warmup_steps=steps - 1,
+    )
 
 
-def compile_model(
-    model,
-    learning_rate: float,
-    schedule: str = "constant",
-    epochs: int = 1,
-    steps_per_epoch: int = 1,
-    label_smoothing: float = 0.0,
-    gradient_accumulation_steps: int = 1,
-) -> None:
-    """Adam + categorical cross-entropy (one-hot targets, so label smoothing works)."""
-    model.compile(
-        optimizer=_optimizer(
-            learning_rate, schedule, epochs, steps_per_epoch, gradient_accumulation_steps
+def make_optimizer(stage: Stage, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The stage's Keras optimizer; ``steps_per_epoch`` counts fit() steps (micro-batches)."""
+    stage.check()
+    options = {
+        "learning_rate": learning_rate_schedule(stage, steps_per_epoch),
+        "weight_decay": stage.weight_decay or None,
+        "use_ema": stage.use_ema,
+        "ema_momentum": EMA_MOMENTUM,
+        # Keras takes None, not 1, for "no accumulation".
+        "gradient_accumulation_steps": (
+            stage.gradient_accumulation_steps if stage.gradient_accumulation_steps > 1 else None
         ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+    }
+    if stage.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=SGD_MOMENTUM, nesterov=True, **options)
+    elif stage.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(**{**options, "weight_decay": stage.weight_decay})
+    else:
+        # Keras applies Adam's weight_decay decoupled too, so adam + weight_decay is AdamW.
+        optimizer = keras.optimizers.Adam(**options)
+    if stage.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
+    return optimizer
+
+
+def compile_model(model, stage: Stage, steps_per_epoch: int = 1) -> None:
+    """The stage's optimizer + categorical cross-entropy (one-hot targets, for label
+    smoothing and mixed labels)."""
+    model.compile(
+        optimizer=make_optimizer(stage, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=stage.label_smoothing),
         metrics=["accuracy"],
     )
 
@@ -165,38 +226,79 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(config.NUM_CLASSES, dtype="float32")[labels]
 
 
-def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job) -> pd.DataFrame:
+class MixedBatches(keras.utils.PyDataset):
+    """Training batches passed through Keras's batch augmentation layers: RandAugment, then
+    MixUp or CutMix. These mix labels too, so they run here, on each batch before the train
+    step, rather than inside the model; the order is reshuffled every epoch."""
+
+    def __init__(self, images, labels, batch_size: int, stage: Stage, seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.layers = []
+        if stage.randaugment:
+            self.layers.append(
+                keras.layers.RandAugment(
+                    value_range=(0, 255),
+                    num_ops=RANDAUGMENT_OPS,
+                    factor=RANDAUGMENT_FACTOR,
+                    seed=seed,
+                )
+            )
+        if stage.mixing == "mixup":
+            self.layers.append(keras.layers.MixUp(alpha=MIXUP_ALPHA, seed=seed + 1))
+        elif stage.mixing == "cutmix":
+            self.layers.append(keras.layers.CutMix(seed=seed + 1))
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(images))
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.images) / self.batch_size))
+
+    def __getitem__(self, index: int):
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        batch = {
+            "images": self.images[rows].astype("float32"),
+            "labels": self.labels[rows],
+        }
+        for layer in self.layers:
+            batch = layer(batch, training=True)
+        # The model's uint8 input takes mixed pixels (0..255 floats) rounded to the nearest.
+        images = keras.ops.round(keras.ops.clip(batch["images"], 0, 255))
+        return keras.ops.convert_to_numpy(images), keras.ops.convert_to_numpy(batch["labels"])
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.images))
+
+
+def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job, seed: int = 0):
     """Compile and fit one stage; return its history (one row per epoch).
 
     ``stage.batch_size`` images make one optimizer update; with
     ``stage.gradient_accumulation_steps`` N they are fed as N micro-batches of batch_size / N,
-    whose gradients are averaged.
+    whose gradients are averaged. ``seed`` seeds the batch augmentation (MixedBatches).
     """
     micro_batch = stage.micro_batch_size
     steps_per_epoch = int(np.ceil(len(x_train) / micro_batch))
-    compile_model(
-        model,
-        stage.learning_rate,
-        stage.schedule,
-        stage.epochs,
-        steps_per_epoch,
-        stage.label_smoothing,
-        stage.gradient_accumulation_steps,
-    )
+    compile_model(model, stage, steps_per_epoch)
     # On several machines each process feeds its own rows, micro_batch / processes at a time.
     x_train, y_train, x_val, y_val = job.placement.local(x_train, y_train, x_val, y_val)
+    batch_size = job.placement.local_batch(micro_batch)
+    train = {"x": x_train, "y": one_hot(y_train), "batch_size": batch_size, "shuffle": True}
+    if stage.mixing != "none" or stage.randaugment:
+        train = {"x": MixedBatches(x_train, train["y"], batch_size, stage, seed)}
     part = job.out_dir / "history.part.csv"
     model.fit(
-        x_train,
-        one_hot(y_train),
+        **train,
         validation_data=(x_val, one_hot(y_val)),
         epochs=stage.epochs,
-        batch_size=job.placement.local_batch(micro_batch),
-        shuffle=True,
         callbacks=[
             keras.callbacks.TerminateOnNaN(),
             # Resume: restores the model, optimizer and epoch after Ctrl-C or a killed process.
+            # Before SwapEMAWeights, so that it saves the trained weights, not their average.
             keras.callbacks.BackupAndRestore(str(job.out_dir / "backup")),
+            # With EMA: validation, early stopping (whose best weights the model ends with)
+            # and the checkpoint all see the moving average of the weights.
+            *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if stage.use_ema else []),
             keras.callbacks.EarlyStopping(
                 monitor="val_accuracy", patience=stage.patience, restore_best_weights=True
             ),
@@ -342,7 +444,8 @@ def fine_tune(model, splits, profile: config.Profile, job: Job) -> pd.DataFrame:
     for index, unfreeze in enumerate(steps):
         models.set_trainable(model, unfreeze, train_bn=profile.train_bn)
         step = dataclasses.replace(stage, learning_rate=stage.learning_rate * GRADUAL_DECAY**index)
-        history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, step, job)
+        x, y, x_val, y_val = splits.x_train, splits.y_train, splits.x_val, splits.y_val
+        history = fit(model, x, y, x_val, y_val, step, job, seed=profile.seed + index)
         history["unfreeze"] = unfreeze
         histories.append(history)
     return pd.concat(histories, ignore_index=True)
