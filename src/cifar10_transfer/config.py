@@ -249,6 +249,14 @@ PROFILES.update(
         ),
     }
 )
+# What each profile is for (the README's profile table).
+PURPOSES = {
+    "quick": "the CPU default, offline",
+    "smoke": "CI: every notebook in seconds",
+    "full": "a GPU: all training images",
+    "paper": "a GPU: like-for-like with the seed write-ups",
+    "fast": "a GPU: time to 94% test accuracy",
+}
 SETTINGS = {field.name: field for field in dataclasses.fields(Profile)}
 
 
