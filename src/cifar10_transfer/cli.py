@@ -104,9 +104,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifar10_transfer import training
 
     overrides = _overrides(args)
+    stage = config.experiment(args.experiment).stage
     if args.epochs is not None:
         # --epochs sets the epochs of the experiment's own stage.
-        overrides[f"{config.experiment(args.experiment).stage}_epochs"] = args.epochs
+        overrides[f"{stage}_epochs"] = args.epochs
+    if stage == "baseline" and "batch_size" in overrides:
+        # The baselines train with baseline_batch_size: --batch-size is that one for them.
+        overrides["baseline_batch_size"] = overrides.pop("batch_size")
     metrics = training.run_experiment(
         args.experiment,
         config.profile(args.profile, **overrides),

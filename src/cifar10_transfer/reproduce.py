@@ -108,7 +108,8 @@ def reproduce(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     overrides = dict(overrides or {})
-    profile = config.profile(profile_name, **overrides)  # unknown settings fail here
+    # Unknown settings and values out of range fail here, before notebook 01.
+    profile = config.check(config.profile(profile_name, **overrides))
     # A GPU profile on a CPU stops here, before notebook 01, not in notebook 02.
     from cifar10_transfer import hardware
 

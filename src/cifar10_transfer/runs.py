@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +181,12 @@ def load_model(path: str | os.PathLike):
         raise FileNotFoundError(
             f"{path}: no such model file (expected a .keras file or a run "
             "folder holding model.keras)"
+        )
+    if not zipfile.is_zipfile(path):
+        # Keras would call an empty or truncated file "File not found".
+        raise ValueError(
+            f"{path}: not a .keras model (a zip archive): {path.stat().st_size:,} bytes, "
+            "empty or truncated; train or export it again"
         )
     import keras
 
