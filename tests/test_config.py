@@ -148,7 +148,9 @@ def test_profile_takes_a_profile_as_its_base():
 
 
 def test_unknown_profile_or_setting_is_a_value_error():
-    with pytest.raises(ValueError, match="^profile must be one of quick, smoke, full, paper, fast, got"):
+    with pytest.raises(
+        ValueError, match="^profile must be one of quick, smoke, full, paper, fast, got"
+    ):
         config.profile("huge")
     with pytest.raises(ValueError, match=r"^unknown profile setting\(s\) \['epochz'\]; known:"):
         config.profile("smoke", epochz=3)

@@ -429,7 +429,7 @@ def test_export_writes_one_example_per_class(tmp_path, monkeypatch):
         (lambda run: (run / "metrics.json").write_text("{"), "metrics.json: not valid JSON"),
         (
             lambda run: (run / "model.keras").write_bytes(b"not a zip archive"),
-            "model.keras does not load with safe_mode=True",
+            "model.keras: not a .keras model",
         ),
     ],
     ids=["no folder", "no model", "no metrics", "no accuracy", "bad JSON", "bad model"],

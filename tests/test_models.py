@@ -236,7 +236,7 @@ def test_inference_copy_replaces_augmentation_by_identity_and_shares_the_rest():
     np.testing.assert_array_equal(copy.predict(images, verbose=0), model.predict(images, verbose=0))
 
 
-@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("head", config.HEADS)
 def test_heads_build_on_pooled_features(head):
     model = models.build_head(32, head=head, head_units=8)
     features = np.random.default_rng(0).normal(size=(3, 32)).astype("float32")

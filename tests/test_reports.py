@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -183,3 +184,104 @@ def test_experiment_labels_name_the_backbone():
     assert runs.experiment_label({"experiment": "head", "backbone": "resnet50"}) == (
         "resnet50 head only (frozen)"
     )
+
+
+def test_provenance_says_whether_the_code_differs_from_its_commit(tmp_path, monkeypatch):
+    def git(*arguments):
+        subprocess.run(["git", *arguments], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "src" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "metrics.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    monkeypatch.setattr(config, "CHECKOUT", tmp_path)
+    assert runs.environment()["git_dirty"] is False
+    (tmp_path / "results" / "metrics.json").write_text('{"a": 1}\n')  # outputs may change
+    assert runs.environment()["git_dirty"] is False
+    (tmp_path / "src" / "code.py").write_text("x = 2\n")  # the code may not
+    assert runs.environment()["git_dirty"] is True
+    monkeypatch.setattr(config, "CHECKOUT", tmp_path / "no-repository")
+    assert runs.environment()["git_dirty"] is None
+
+
+def _trial(folder, experiment, accuracy, **settings):
+    profile = config.profile("quick", **settings).to_dict()
+    image_size = 32 if experiment == "baseline_cnn" else profile["image_size"]
+    fileio.write_json(
+        folder / "metrics.json",
+        {
+            "experiment": experiment,
+            "test_accuracy": accuracy,
+            "backbone": None if experiment == "baseline_cnn" else profile["backbone"],
+            "image_size": image_size,
+            "wall_time_s": 120.0,
+            "git_commit": "abc1234",
+            "profile": profile,
+        },
+    )
+
+
+def test_trials_table_reads_what_each_trial_changed_from_its_profile(tmp_path):
+    _trial(
+        tmp_path / "lite0-all",
+        "finetune",
+        0.8421,
+        backbone="efficientnet_lite0",
+        unfreeze="all",
+        finetune_epochs=8,
+        use_ema=False,
+    )
+    _trial(tmp_path / "cnn-30", "baseline_cnn", 0.6943, baseline_epochs=30)
+    markdown = reports.trials_markdown(tmp_path)
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| trial") and len(lines) == 4
+    cnn, lite0 = lines[2], lines[3]  # sorted by folder name
+    assert "cnn-30" in cnn and "| all layers " in cnn and "| 30 " in cnn and "69.43%" in cnn
+    assert "efficientnet_lite0 fine-tuned" in lite0 and "| all " in lite0 and "| 8 " in lite0
+    assert "84.21%" in lite0 and "| no " in lite0  # no EMA
+    with pytest.raises(FileNotFoundError, match="no \\*/metrics.json"):
+        reports.trials_markdown(tmp_path / "empty")
+
+
+def test_refresh_regenerates_summaries_and_every_readme_table(tmp_path):
+    results, runs_dir = tmp_path / "results", tmp_path / "runs"
+    runs.publish_run(
+        _fake_run(runs_dir / "ft", "finetune", 0.8672, "efficientnet_lite2", 0.8706),
+        results / "quick",
+    )
+    fileio.write_json(
+        results / "quick" / "notebooks" / "timings.json",
+        {"seconds": {"01_eda.ipynb": 30.0, "04_finetune.ipynb": 570.0, "extra seeds": 900.0}},
+    )
+    _trial(results / reports.TRIALS_DIR / "lite2", "finetune", 0.8672)
+    readme = tmp_path / "README.md"
+    markers = ["results-quick", "results-full", "profiles", "trials-quick"]
+    readme.write_text(
+        "intro\n" + "".join(f"<!-- {m}:start -->\nold\n<!-- {m}:end -->\n" for m in markers)
+    )
+    done = reports.refresh_tables(results, readme)
+    assert done == ["quick (1 models)", "profiles", "recipe trials"]
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.count("old") == 1  # full: no results yet
+    assert (results / "quick" / "summary.json").exists()
+    profiles = text.split("<!-- profiles:start -->")[1].split("<!-- profiles:end -->")[0]
+    quick = next(line for line in profiles.splitlines() if line.startswith("| `quick`"))
+    assert "10.0 min (notebooks 01-05, one seed)" in quick  # extra seeds not counted
+    assert "86.72% (1 seeds)" in quick
+    fast = next(line for line in profiles.splitlines() if line.startswith("| `fast`"))
+    assert "not measured" in fast and "all 48,000" in fast and "sgd" in fast
+
+
+def test_tables_command_regenerates_from_the_results_files(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    runs.publish_run(_fake_run(tmp_path / "runs" / "b", "baseline_cnn", 0.6943), results / "quick")
+    monkeypatch.setattr(config, "RESULTS_DIR", results)
+    monkeypatch.setattr(config, "ROOT", tmp_path)
+    from cifar10_transfer.cli import main
+
+    assert main(["tables"]) == 0
+    assert "regenerated quick (1 models)" in capsys.readouterr().out
+    assert "69.43%" in (results / "quick" / "results.md").read_text()

@@ -104,9 +104,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifar10_transfer import training
 
     overrides = _overrides(args)
+    stage = config.experiment(args.experiment).stage
     if args.epochs is not None:
         # --epochs sets the epochs of the experiment's own stage.
-        overrides[f"{config.experiment(args.experiment).stage}_epochs"] = args.epochs
+        overrides[f"{stage}_epochs"] = args.epochs
+    if stage == "baseline" and "batch_size" in overrides:
+        # The baselines train with baseline_batch_size: --batch-size is that one for them.
+        overrides["baseline_batch_size"] = overrides.pop("batch_size")
     metrics = training.run_experiment(
         args.experiment,
         config.profile(args.profile, **overrides),
@@ -196,6 +200,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tables(args: argparse.Namespace) -> int:
+    from cifar10_transfer import reports
+
+    for table in reports.refresh_tables():
+        print(f"regenerated {table}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifar10-transfer",
@@ -251,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
         "seed, then +1, +2, ...); the table reports mean ± std (default: 1)",
     )
     rerun.set_defaults(handler=cmd_reproduce)
+
+    tables = commands.add_parser(
+        "tables",
+        help="regenerate results/<profile>/summary.json and the README's tables from the "
+        "results files (e.g. after copying in the GPU suite's results)",
+    )
+    tables.set_defaults(handler=cmd_tables)
 
     export_help = "package a run folder as a Gradio demo for Hugging Face Spaces"
     export = commands.add_parser("export", help=export_help)

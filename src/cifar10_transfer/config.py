@@ -249,7 +249,104 @@ PROFILES.update(
         ),
     }
 )
+# What each profile is for (the README's profile table).
+PURPOSES = {
+    "quick": "the CPU default, offline",
+    "smoke": "CI: every notebook in seconds",
+    "full": "a GPU: all training images",
+    "paper": "a GPU: like-for-like with the seed write-ups",
+    "fast": "a GPU: time to 94% test accuracy",
+}
 SETTINGS = {field.name: field for field in dataclasses.fields(Profile)}
+
+
+# The choices of the settings that name one, and the valid range of every numeric setting
+# (low, high; inclusive unless marked): ``check`` tests a profile against them before any
+# work starts. Sizes may also be None ("all").
+HEADS = ("seed", "slides", "linear")
+SCHEDULES = ("plateau", "cosine", "constant")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+MIXINGS = ("none", "mixup", "cutmix")
+CHOICES = {
+    "head": HEADS,
+    "lr_schedule": SCHEDULES,
+    "optimizer": OPTIMIZERS,
+    "mixing": MIXINGS,
+    "precision": PRECISIONS,
+}
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR-10's splits
+RANGES = {
+    "train_size": (NUM_CLASSES, TRAIN_IMAGES - NUM_CLASSES, "images"),
+    "val_size": (NUM_CLASSES, TRAIN_IMAGES - NUM_CLASSES, "images"),
+    "test_size": (NUM_CLASSES, TEST_IMAGES, "images"),
+    # Above 512 px one batch of a 32x32 image upscaled is mostly memory, not information.
+    "image_size": (32, 512, "px"),
+    "head_units": (1, 8192, "units"),
+    "batch_size": (1, 65_536, "images"),
+    "baseline_batch_size": (1, 65_536, "images"),
+    "head_epochs": (1, 1000, "epochs"),
+    "finetune_epochs": (1, 1000, "epochs"),
+    "baseline_epochs": (1, 1000, "epochs"),
+    "early_stopping_patience": (1, 1000, "epochs"),
+    "gradient_accumulation_steps": (1, 65_536, "micro-batches"),
+    "seed": (0, 2**32 - 1, ""),
+}
+# Fractions and rates: (low, high, whether high itself is allowed).
+REAL_RANGES = {
+    "dropout_rate": (0.0, 1.0, False),
+    "label_smoothing": (0.0, 1.0, False),
+    "stochastic_depth": (0.0, 1.0, False),
+    "weight_decay": (0.0, 1.0, True),
+    "warmup_epochs": (0.0, 1000.0, True),
+}
+LEARNING_RATES = ("head_learning_rate", "finetune_learning_rate", "baseline_learning_rate")
+UNFREEZE_FORMS = "head, all, gradual, top:N (N >= 1) or stage:NAME"
+
+
+def check(profile: Profile) -> Profile:
+    """``profile`` if every setting is in its range; else a ValueError naming the setting,
+    its value and what it may be. Whether ``stage:NAME`` and the backbone exist is
+    ``models.check_profile``'s to say (it needs Keras)."""
+    settings = profile.to_dict()
+    for name, (low, high, unit) in RANGES.items():
+        value = settings[name]
+        if value is None and name.endswith("_size") and name != "val_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            unit = f" ({unit})" if unit else ""
+            raise ValueError(f"{name}={value!r}: expected an integer from {low} to {high}{unit}")
+    for name, (low, high, closed) in REAL_RANGES.items():
+        value = settings[name]
+        inside = isinstance(value, int | float) and not isinstance(value, bool)
+        if not inside or not (low <= value <= high if closed else low <= value < high):
+            bracket = "]" if closed else ")"
+            raise ValueError(f"{name}={value!r}: expected a number in [{low:g}, {high:g}{bracket}")
+    for name in LEARNING_RATES:
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 10:
+            raise ValueError(f"{name}={value!r}: expected a learning rate above 0 and at most 10")
+    for name, choices in CHOICES.items():
+        if settings[name] not in choices:
+            raise ValueError(f"{name}={settings[name]!r}: expected one of {', '.join(choices)}")
+    if profile.train_size is not None and profile.train_size + profile.val_size > TRAIN_IMAGES:
+        raise ValueError(
+            f"train_size={profile.train_size} + val_size={profile.val_size}: together at most "
+            f"{TRAIN_IMAGES} (CIFAR-10's training images)"
+        )
+    if profile.warmup_epochs and profile.lr_schedule != "cosine":
+        raise ValueError(
+            f"warmup_epochs={profile.warmup_epochs:g} needs lr_schedule=cosine, "
+            f"got {profile.lr_schedule!r}"
+        )
+    unfreeze = profile.unfreeze
+    kind, _, argument = unfreeze.partition(":")
+    valid = unfreeze in ("head", "all", "gradual") or (
+        (kind == "top" and argument.isdigit() and int(argument) >= 1)
+        or (kind == "stage" and argument != "")
+    )
+    if not valid:
+        raise ValueError(f"unfreeze={unfreeze!r}: expected {UNFREEZE_FORMS}")
+    return profile
 
 
 def profile(base: str | Profile = "quick", **overrides) -> Profile:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cifar10_transfer import config, fileio
+from cifar10_transfer import config, fileio, imaging
 from cifar10_transfer.fileio import atomic_path
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -46,6 +46,14 @@ OFFICIAL_BATCHES = {
     "test": ["test_batch"],
 }
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# CIFAR-10 has known sizes, so a source claiming more is refused before it is read: at most
+# 50,000 training and 10,000 test images, batches of at most 10,000 rows, and files a little
+# above the largest real one (an official batch: 31 MB; one JPEG of the shared copy: 1.1 KB).
+MAX_IMAGES = {"train": 50_000, "test": 10_000}
+MAX_BATCH_ROWS = 10_000
+MAX_FILE_BYTES = 40 * 2**20
+MAX_FILES = 60_000 + 1_000  # the images, and room for READMEs and metadata
+MAX_TOTAL_BYTES = 512 * 2**20
 CACHE_VERSION = 1  # part of the cache file name: bump it when decoding changes
 EXPECTED_SOURCES = (
     "expected the official cifar-10-python.tar.gz, a cifar-10-batches-py/ folder, or "
@@ -239,6 +247,26 @@ def _folder_files(folder: Path) -> list[Path]:
     return sorted(file for file in folder.rglob("*") if file.is_file())
 
 
+class _Budget:
+    """Counts the files and bytes a source holds; refuses what no CIFAR-10 copy holds."""
+
+    def __init__(self, source: Path):
+        self.source, self.files, self.bytes = source, 0, 0
+
+    def admit(self, name: str, size: int) -> None:
+        self.files, self.bytes = self.files + 1, self.bytes + size
+        if size > MAX_FILE_BYTES:
+            raise DataError(
+                f"{self.source}: {name} is {size:,} bytes; no CIFAR-10 file is larger than "
+                f"{MAX_FILE_BYTES:,} (an official batch is 31 MB)"
+            )
+        if self.files > MAX_FILES or self.bytes > MAX_TOTAL_BYTES:
+            raise DataError(
+                f"{self.source}: more than {MAX_FILES:,} files or {MAX_TOTAL_BYTES:,} bytes; "
+                "CIFAR-10 has 60,000 images (about 180 MB)"
+            )
+
+
 def _fingerprint(path: Path) -> tuple[str, bool, str]:
     """(cache key, verified, what was checked) for a folder or an archive."""
     if path.is_dir():
@@ -262,23 +290,30 @@ def _fingerprint(path: Path) -> tuple[str, bool, str]:
 
 def _read_files(path: Path) -> dict[str, bytes]:
     """Every regular file below folder or tar archive ``path``: relative POSIX path -> bytes."""
+    budget = _Budget(path)
     if path.is_dir():
-        return {
-            file.relative_to(path).as_posix(): file.read_bytes() for file in _folder_files(path)
-        }
+        files = {}
+        for file in _folder_files(path):
+            name = file.relative_to(path).as_posix()
+            budget.admit(name, file.stat().st_size)
+            files[name] = file.read_bytes()
+        return files
     try:
         with open(path, "rb") as raw:
             is_gzip = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             # gzip.GzipFile, unlike tarfile's own stream reader, raises on a truncated stream.
             stream = gzip.GzipFile(fileobj=raw) if is_gzip else raw
+            files = {}
             with tarfile.open(fileobj=stream, mode="r|") as archive:
-                files = {
-                    member.name: archive.extractfile(member).read()
-                    for member in archive
-                    if member.isfile()
-                }
-            stream.read()  # drain to the end: gzip checks its CRC and length only there
+                for member in archive:
+                    if member.isfile():
+                        # Before reading: the header's size is what the read would inflate.
+                        budget.admit(member.name, member.size)
+                        files[member.name] = archive.extractfile(member).read()
+            # Drain to the end (gzip checks its CRC and length only there), in bounded reads.
+            while stream.read(1 << 20):
+                pass
         return files
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise DataError(
@@ -305,10 +340,29 @@ def _decode(path: Path) -> dict[str, np.ndarray]:
 # The official batches are pickles of dicts, lists, ints, bytes and numpy arrays; rebuilding
 # those arrays needs exactly these globals. Anything else (os.system, ...) is refused.
 _RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's _reconstruct, whatever module holds it
+
+
+class _NdarrayName:
+    """What a batch pickle gets for ``numpy.ndarray``: usable only as the class argument of
+    ``_reconstruct``. Called, ``numpy.ndarray(shape)`` would allocate any shape a pickle
+    names, from no data (a 3 KB file claiming 250,000 images)."""
+
+
+_NDARRAY = _NdarrayName()
+
+
+def _reconstruct(cls, shape, dtype):
+    # An empty array whose data, and so its size, comes from the pickle's own bytes
+    # (ndarray.__setstate__ refuses data that does not fill the shape).
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("_reconstruct of anything but numpy.ndarray")
+    return _RECONSTRUCT(np.ndarray, shape, dtype)
+
+
 _BATCH_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # pickled by numpy 1.x
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # pickled by numpy 2.x
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # pickled by numpy 1.x
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # pickled by numpy 2.x
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): np.dtype,
 }
 
@@ -323,19 +377,30 @@ class _BatchUnpickler(pickle.Unpickler):
 def _load_batch(content: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _BatchUnpickler(io.BytesIO(content), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as error:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        OverflowError,  # e.g. a dtype whose field offsets overflow
+        MemoryError,
+    ) as error:
         raise DataError(f"{where}: not an official CIFAR-10 batch ({_one_line(error)})") from error
     images = batch.get(b"data") if isinstance(batch, dict) else None
     labels = np.asarray(batch.get(b"labels") if isinstance(batch, dict) else None)
     if (
         not isinstance(images, np.ndarray)
         or images.dtype != np.uint8
+        or images.ndim != 2
         or images.shape[1:] != (3072,)
+        or not 0 < len(images) <= MAX_BATCH_ROWS
         or labels.dtype.kind not in "iu"
         or labels.shape != images.shape[:1]
     ):
         raise DataError(
-            f"{where}: expected a dict with b'data' (uint8, N x 3072) and b'labels' (N integers)"
+            f"{where}: expected a dict with b'data' (uint8, N x 3072, N at most "
+            f"{MAX_BATCH_ROWS:,}) and b'labels' (N integers)"
         )
     # Each row holds the 1024 red, then green, then blue values of a 32x32 image, row-major.
     return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
@@ -377,6 +442,11 @@ def _decode_image_tree(
             )
         entries[part[0]].append((name, config.CLASS_NAMES.index(part[1])))
     for split, split_entries in entries.items():
+        if len(split_entries) > MAX_IMAGES[split]:
+            raise DataError(
+                f"{path}: {len(split_entries):,} {split}/ images; CIFAR-10 has at most "
+                f"{MAX_IMAGES[split]:,}"
+            )
         present = {label for _, label in split_entries}
         missing = [name for label, name in enumerate(config.CLASS_NAMES) if label not in present]
         if len(missing) == config.NUM_CLASSES:
@@ -399,17 +469,27 @@ def _decode_image_tree(
 
 
 def _decode_image(content: bytes, where: str) -> np.ndarray:
-    """One 32x32 PNG or JPEG as uint8 RGB (32, 32, 3)."""
+    """One 32x32 PNG or JPEG as uint8 RGB (32, 32, 3), converted as the demo converts uploads
+    (``imaging.to_rgb``: 16-bit scaled to 8, transparency on white)."""
     try:
-        image = Image.open(io.BytesIO(content), formats=["JPEG", "PNG"])
-    except (OSError, Image.DecompressionBombError) as error:
+        with Image.open(io.BytesIO(content), formats=imaging.DATA_FORMATS) as image:
+            if image.size != (32, 32):
+                raise DataError(
+                    f"{where} is {image.size[0]}x{image.size[1]} pixels; expected 32x32"
+                )
+            image.load()
+            return np.asarray(imaging.to_rgb(image))
+    except DataError:
+        raise
+    # Pillow raises all of these for crafted or damaged files (a zTXt bomb: ValueError).
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        Image.DecompressionBombError,
+    ) as error:
         raise DataError(f"{where} is not a PNG or JPEG image ({_one_line(error)})") from error
-    if image.size != (32, 32):
-        raise DataError(f"{where} is {image.size[0]}x{image.size[1]} pixels; expected 32x32")
-    try:
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    except (OSError, ValueError) as error:
-        raise DataError(f"{where}: broken image data ({_one_line(error)})") from error
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], where: Path) -> None:

@@ -15,11 +15,10 @@ import string
 import tempfile
 from pathlib import Path
 
-import keras
 import numpy as np
 from PIL import Image
 
-from cifar10_transfer import config, evaluation, fileio, models
+from cifar10_transfer import config, evaluation, fileio, imaging, models, runs
 from cifar10_transfer import data as datasets
 
 TEMPLATE_DIR = Path(__file__).with_name("deploy_template")
@@ -57,20 +56,13 @@ def _gradio_version() -> str:
     raise ValueError(f"{TEMPLATE_DIR / 'requirements.txt'} has no gradio==VERSION pin")
 
 
-def _load(model_path: Path) -> keras.Model:
-    try:
-        return keras.saving.load_model(model_path, safe_mode=True)
-    except Exception as error:  # Keras raises many types for a bad archive; report them alike
-        raise ValueError(f"{model_path} does not load with safe_mode=True: {error}") from error
-
-
 def _write_inference_model(run_model: Path, model_path: Path, class_names: list[str]) -> None:
     """Save the run's model without its augmentation block (``models.inference_copy``), so the
     Space loads it with Keras alone; load the copy as the Space will (safe_mode) and check its
     input, output and predictions against the run's model."""
-    original = _load(run_model)
+    original = runs.load_model(run_model)
     models.inference_copy(original).save(model_path)
-    model = _load(model_path)
+    model = runs.load_model(model_path)
     input_shape = tuple(model.inputs[0].shape[1:])
     output_shape = tuple(model.outputs[0].shape[1:])
     if input_shape != config.IMAGE_SHAPE or output_shape != (len(class_names),):
@@ -207,6 +199,7 @@ def export_run(
         (building / "class_names.json").write_text(json.dumps(metrics["class_names"]) + "\n")
         for name in ("app.py", "requirements.txt"):
             shutil.copyfile(TEMPLATE_DIR / name, building / name)
+        shutil.copyfile(Path(imaging.__file__), building / "imaging.py")
         if data is None:
             examples_note = (
                 "No example images were exported (run `cifar10-transfer export` with "

@@ -55,8 +55,6 @@ RESNET_NOTOP_FILES = {
     "ResNet152": "resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5",
 }
 
-HEADS = ("seed", "slides", "linear")
-
 
 # ---------------------------------------------------------------- baselines
 
@@ -350,6 +348,39 @@ def _build_application(application: str, weights, image_size: int):
         raise
 
 
+def check_profile(profile: config.Profile) -> None:
+    """Raise before any training if the profile's backbone, weights file or ``unfreeze`` stage
+    does not exist (``config.check`` has checked the ranges). A ``stage:NAME`` is looked up
+    in the backbone's architecture, built without weights."""
+    if profile.weights not in ("imagenet", None) and not os.path.exists(str(profile.weights)):
+        raise WeightsError(
+            f"weights={profile.weights!r}: no such file; expected 'imagenet', none or the "
+            "path to a weights file"
+        )
+    if profile.backbone.startswith("efficientnet_lite"):
+        if profile.backbone not in efficientnet_lite.BACKBONES:
+            raise ValueError(
+                f"backbone={profile.backbone!r}: expected one of "
+                f"{', '.join(sorted(efficientnet_lite.BACKBONES))} or a keras.applications name"
+            )
+    else:
+        _application_name(profile.backbone)
+        if profile.stochastic_depth:
+            raise ValueError(
+                f"stochastic_depth={profile.stochastic_depth} needs an efficientnet_lite "
+                f"backbone: keras.applications' {profile.backbone!r} has no drop-connect rate"
+            )
+    if profile.unfreeze.startswith("stage:"):
+        stage = profile.unfreeze[6:]
+        backbone, _ = build_backbone(profile.backbone, None, profile.image_size)
+        if not any(layer.name.startswith(stage) for layer in backbone.layers):
+            blocks = sorted({layer.name.split("_")[0] for layer in backbone.layers})
+            raise ValueError(
+                f"unfreeze={profile.unfreeze!r}: no layer of {profile.backbone} starts with "
+                f"{stage!r}; its layer names start with {', '.join(blocks[:40])}"
+            )
+
+
 def build_backbone(
     backbone: str = "resnet50",
     weights="imagenet",
@@ -399,8 +430,8 @@ def build_head(
     - "slides": Dense(head_units), ReLU, BatchNormalization, Dropout, softmax.
     - "linear": softmax on the features (the published "linear probe" setup).
     """
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if head not in config.HEADS:
+        raise ValueError(f"head must be one of {config.HEADS}, got {head!r}")
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
     features = keras.Input(shape=(feature_dim,), name="features")

@@ -184,6 +184,125 @@ def write_summary(results_dir: str | os.PathLike, profile: str) -> pd.DataFrame:
     return table
 
 
+TRIALS_DIR = "quick-trials"  # results/quick-trials/<trial>/: runs made to choose the quick recipe
+
+
+def trials_markdown(trials_dir: str | os.PathLike) -> str:
+    """The README's table of recipe trials, from ``trials_dir/*/metrics.json``: what each
+    trial changed (read from the profile it recorded) and what it reached."""
+    rows = []
+    for path in sorted(Path(trials_dir).glob("*/metrics.json")):
+        metrics = fileio.read_json(path)
+        settings = metrics["profile"]
+        scratch = metrics["experiment"] in ("baseline_cnn", "two_layer_fc", "three_layer_cnn")
+        epochs = settings["baseline_epochs"] if scratch else settings["finetune_epochs"]
+        rate = settings["baseline_learning_rate"] if scratch else settings["finetune_learning_rate"]
+        augmented = settings["baseline_augment"] if scratch else settings["augment"]
+        rows.append(
+            {
+                "trial": path.parent.name,
+                "model": runs.experiment_label(metrics),
+                "input": f"{metrics['image_size']} px",
+                "trains": "all layers" if scratch else settings["unfreeze"],
+                "epochs": str(epochs),
+                "learning rate": f"{rate:g}",
+                "schedule": settings["lr_schedule"],
+                "EMA": "yes" if settings.get("use_ema") and not scratch else "no",
+                "augmented": "yes" if augmented else "no",
+                "test accuracy": evaluation.percent(metrics["test_accuracy"], 2),
+                "with flip TTA": evaluation.percent(metrics.get("tta_test_accuracy"), 2),
+                "wall time": f"{metrics['wall_time_s'] / 60:.1f} min",
+                "code": metrics.get("git_commit") or "?",
+            }
+        )
+    if not rows:
+        raise FileNotFoundError(f"{trials_dir}: no */metrics.json to tabulate")
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
+def _recipe(profile: config.Profile) -> str:
+    parts = [
+        profile.optimizer + (f" wd {profile.weight_decay:g}" if profile.weight_decay else ""),
+        f"lr {profile.finetune_learning_rate:g}",
+        profile.lr_schedule
+        + (f" ({profile.warmup_epochs:g} warm-up)" if profile.warmup_epochs else ""),
+        "BN trained" if profile.train_bn else "BN frozen",
+    ]
+    parts += ["EMA"] if profile.use_ema else []
+    parts += [profile.mixing] if profile.mixing != "none" else []
+    parts += ["RandAugment"] if profile.randaugment else []
+    if profile.stochastic_depth:
+        parts.append(f"stochastic depth {profile.stochastic_depth:g}")
+    return ", ".join(parts)
+
+
+def profiles_markdown(results_root=None) -> str:
+    """The README's table of profiles: settings from ``config.PROFILES``, and where a
+    ``make reproduce`` of the profile was published, its measured wall time and fine-tuned
+    accuracy (mean ± std over its seeds)."""
+    results_root = Path(results_root or config.RESULTS_DIR)
+    rows = []
+    for name, profile in config.PROFILES.items():
+        folder = results_root / name
+        timings = folder / "notebooks" / "timings.json"
+        measured_time, accuracy = "not measured", "not measured"
+        if timings.exists():
+            seconds = fileio.read_json(timings)["seconds"]
+            one_seed = sum(value for key, value in seconds.items() if key.endswith(".ipynb"))
+            measured_time = f"{one_seed / 60:.1f} min (notebooks 01-05, one seed)"
+        if published_metrics(folder):
+            table = summary_table(folder).set_index("experiment")
+            if "finetune" in table.index:
+                row = table.loc["finetune"]
+                accuracy = (
+                    f"{_mean_std(row.test_accuracy, row.test_accuracy_std)} ({row.seeds} seeds)"
+                )
+        rows.append(
+            {
+                "profile": f"`{name}`",
+                "for": config.PURPOSES.get(name, ""),
+                "train images": "all 48,000"
+                if profile.train_size is None
+                else f"{profile.train_size:,}",
+                "model": f"{profile.backbone} at {profile.image_size} px",
+                "epochs: head / fine-tune / baselines": (
+                    f"{profile.head_epochs} / {profile.finetune_epochs} / {profile.baseline_epochs}"
+                ),
+                "batch": str(profile.batch_size),
+                "fine-tuning": f"{profile.unfreeze}; {_recipe(profile)}",
+                "measured time": measured_time,
+                "fine-tuned accuracy": accuracy,
+            }
+        )
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
+def refresh_tables(results_root=None, readme=None) -> list[str]:
+    """Regenerate every results table from its files: ``summary.json``/``results.md`` of each
+    ``results/<profile>/`` with runs, and the README's tables between their markers
+    (``results-<profile>``, ``trials-quick``) where the README has them. Returns what it
+    regenerated. For results copied in from elsewhere, such as the GPU suite's."""
+    results_root = Path(results_root or config.RESULTS_DIR)
+    readme = Path(readme or config.ROOT / "README.md")
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    done = []
+    for folder in sorted(path for path in results_root.iterdir() if path.is_dir()):
+        if folder.name in config.PROFILES and published_metrics(folder):
+            table = write_summary(folder, folder.name)
+            done.append(f"{folder.name} ({len(table)} models)")
+            if f"<!-- results-{folder.name}:start -->" in text:
+                markdown = results_markdown(table, folder.name)
+                update_readme(markdown, readme, marker=f"results-{folder.name}")
+    if "<!-- profiles:start -->" in text:
+        update_readme(profiles_markdown(results_root), readme, marker="profiles")
+        done.append("profiles")
+    trials = results_root / TRIALS_DIR
+    if trials.is_dir() and "<!-- trials-quick:start -->" in text:
+        update_readme(trials_markdown(trials), readme, marker="trials-quick")
+        done.append("recipe trials")
+    return done
+
+
 def update_readme(
     markdown: str, readme: str | os.PathLike | None = None, marker: str = "results"
 ) -> None:

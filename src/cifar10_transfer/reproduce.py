@@ -108,7 +108,8 @@ def reproduce(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     overrides = dict(overrides or {})
-    profile = config.profile(profile_name, **overrides)  # unknown settings fail here
+    # Unknown settings and values out of range fail here, before notebook 01.
+    profile = config.check(config.profile(profile_name, **overrides))
     # A GPU profile on a CPU stops here, before notebook 01, not in notebook 02.
     from cifar10_transfer import hardware
 
@@ -138,12 +139,8 @@ def reproduce(
     run_notebooks(parameters, notebooks_dir, paths[-1:], timings)
     timings["total"] = round(time.perf_counter() - started, 1)
     fileio.write_json(notebooks_dir / "timings.json", {"seconds": timings, "seeds": seeds})
-    table = reports.summary_table(results_dir)  # written by notebook 05
-    markdown = reports.results_markdown(table, profile_name)
-    readme = config.ROOT / "README.md"
-    marker = f"results-{profile_name}"
-    if readme.exists() and f"<!-- {marker}:start -->" in readme.read_text(encoding="utf-8"):
-        reports.update_readme(markdown, readme, marker=marker)
-        print(f"updated the results table in {readme}")
-    print(markdown)
+    # The README's tables (this profile's results, the profiles' measured times) follow.
+    for table in reports.refresh_tables():
+        print(f"regenerated {table}")
+    print(reports.results_markdown(reports.summary_table(results_dir), profile_name))
     return results_dir / "results.md"

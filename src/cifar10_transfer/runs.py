@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +42,15 @@ def prepare(out_dir: Path, resume: bool) -> None:
         (out_dir / "history.part.csv").unlink(missing_ok=True)
 
 
-def _git_commit() -> str | None:
+# The code a run's results depend on; results/ and the README change during a reproduce.
+CODE_PATHS = ("src", "notebooks", "benchmarks/*.py")
+
+
+def _git(*arguments: str) -> str | None:
+    """Output of ``git arguments`` in the checkout, or None without git or a repository."""
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", *arguments],
             cwd=config.CHECKOUT,
             capture_output=True,
             text=True,
@@ -54,6 +60,16 @@ def _git_commit() -> str | None:
         return result.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _git_commit() -> str | None:
+    return _git("rev-parse", "--short", "HEAD")
+
+
+def _git_dirty() -> bool | None:
+    """Whether the code differs from the commit (uncommitted changes under CODE_PATHS)."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    return None if status is None else bool(status)
 
 
 def environment() -> dict:
@@ -77,6 +93,7 @@ def environment() -> dict:
         "versions": versions,
         "device": hardware.device_name(),
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -164,6 +181,12 @@ def load_model(path: str | os.PathLike):
         raise FileNotFoundError(
             f"{path}: no such model file (expected a .keras file or a run "
             "folder holding model.keras)"
+        )
+    if not zipfile.is_zipfile(path):
+        # Keras would call an empty or truncated file "File not found".
+        raise ValueError(
+            f"{path}: not a .keras model (a zip archive): {path.stat().st_size:,} bytes, "
+            "empty or truncated; train or export it again"
         )
     import keras
 

@@ -155,9 +155,15 @@ def _view(tensor: _Tensor, data: dict, path: Path, name: str) -> np.ndarray:
     if count > storage.size or (count > 0 and last >= storage.size):
         raise CheckpointError(f"{path}: tensor {name} reaches outside its storage")
     itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape, [s * itemsize for s in strides], writeable=False
-    )
+    # A stride along a dimension of size 0 or 1 is never used, and may be anything in the file
+    # (a crafted one overflows as_strided's byte strides): use 0.
+    strides = [s if n > 1 else 0 for n, s in zip(shape, strides, strict=True)]
+    try:
+        view = np.lib.stride_tricks.as_strided(
+            storage[offset:], shape, [s * itemsize for s in strides], writeable=False
+        )
+    except (OverflowError, ValueError) as error:
+        raise CheckpointError(f"{path}: tensor {name} has an invalid layout ({error})") from None
     return np.array(view)
 
 
@@ -178,7 +184,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise
     except (pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError) as error:
         # Well-formed pickles of the wrong objects (a corrupt or foreign file).
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
     if not (

@@ -23,9 +23,6 @@ import pandas as pd
 from cifar10_transfer import config, distribute, evaluation, fileio, hardware, models, runs
 from cifar10_transfer import data as datasets
 
-SCHEDULES = ("plateau", "cosine", "constant")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-MIXINGS = ("none", "mixup", "cutmix")
 SGD_MOMENTUM = 0.9  # Nesterov
 # EMA of the weights: each update moves the average 1% of the way, so it spans about the
 # last 100 updates (well under one CIFAR epoch at the profiles' batch sizes).
@@ -109,9 +106,9 @@ class Stage:
     def check(self) -> None:
         """ValueError for a setting outside its choices (before any work starts)."""
         for setting, value, choices in (
-            ("lr_schedule", self.schedule, SCHEDULES),
-            ("optimizer", self.optimizer, OPTIMIZERS),
-            ("mixing", self.mixing, MIXINGS),
+            ("lr_schedule", self.schedule, config.SCHEDULES),
+            ("optimizer", self.optimizer, config.OPTIMIZERS),
+            ("mixing", self.mixing, config.MIXINGS),
         ):
             if value not in choices:
                 raise ValueError(f"{setting} must be one of {', '.join(choices)}, got {value!r}")
@@ -147,6 +144,36 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(
                 keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
             )
+
+
+class BackupError(ValueError):
+    """A backup to resume from that cannot be read; the message says how to start over."""
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore with the backup written to temporary files and renamed into
+    place: a full disk or a killed process leaves the previous backup whole, never a truncated
+    one. On resume a backup that does not load is a BackupError, not an h5py traceback."""
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        # save_weights insists on the .weights.h5 ending.
+        with fileio.atomic_path(self._weights_path, suffix=".weights.h5") as temporary:
+            self.model.save_weights(str(temporary), overwrite=True)
+        fileio.write_json(
+            self._training_metadata_path,
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen},
+        )
+
+    def on_train_begin(self, logs=None):
+        try:
+            self._load_model()
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise BackupError(
+                f"{self.backup_dir}: the backup to resume from does not load "
+                f"({' '.join(str(error).split())[:200]}); run again without --resume to start "
+                "over (that deletes it)"
+            ) from None
 
 
 def micro_batch_size(batch_size: int, gradient_accumulation_steps: int) -> int:
@@ -295,7 +322,7 @@ def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job, seed: int
             keras.callbacks.TerminateOnNaN(),
             # Resume: restores the model, optimizer and epoch after Ctrl-C or a killed process.
             # Before SwapEMAWeights, so that it saves the trained weights, not their average.
-            keras.callbacks.BackupAndRestore(str(job.out_dir / "backup")),
+            AtomicBackupAndRestore(str(job.out_dir / "backup")),
             # With EMA: validation, early stopping (whose best weights the model ends with)
             # and the checkpoint all see the moving average of the weights.
             *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if stage.use_ema else []),
@@ -390,21 +417,24 @@ def cached_features(model, splits, cache_file: Path, batch_size: int, placement)
 
 
 def _features_key(profile: config.Profile, splits) -> str:
-    """Cache key: everything that changes the features."""
+    """Cache key: everything that changes the features. A weights file counts by its
+    contents (new weights copied over the same path are new features), and the images by
+    all their bytes (about 0.1 s for the 10k subset)."""
+    weights = profile.weights
+    if weights not in ("imagenet", None):
+        weights = fileio.sha256(weights)
     digest = hashlib.sha256()
     for part in (
         profile.backbone,
-        str(profile.weights),
+        weights,
         profile.image_size,
-        splits.x_train.shape,
-        splits.x_test.shape,
-        profile.seed,
         # The dtype policy the backbone ran under: bfloat16 features differ from float32 ones.
         keras.config.dtype_policy().name,
     ):
         digest.update(str(part).encode())
-    for array in (splits.x_train[:64], splits.x_val[:64], splits.x_test[:64]):
-        digest.update(array.tobytes())
+    for array in (splits.x_train, splits.x_val, splits.x_test):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()[:16]
 
 
@@ -453,6 +483,52 @@ def fine_tune(model, splits, profile: config.Profile, job: Job) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- one experiment, end to end
 
+# The settings that shape a head run's model.keras (its structure, weights and data): a
+# fine-tuning run starts from that model, so they must be its own.
+SHAPING_SETTINGS = (
+    "backbone",
+    "weights",
+    "image_size",
+    "head",
+    "head_units",
+    "dropout_rate",
+    "augment",
+    "train_bn",
+    "stochastic_depth",
+    "train_size",
+    "val_size",
+    "test_size",
+    "seed",
+)
+
+
+def check_prerequisite(prerequisite_dir: Path, profile: config.Profile, splits) -> None:
+    """ValueError unless the run in ``prerequisite_dir`` was made with the settings (and the
+    data) that shape the model this run starts from."""
+    metrics_file = prerequisite_dir / "metrics.json"
+    try:
+        recorded = fileio.read_json(metrics_file)
+        settings = recorded["profile"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{metrics_file}: unreadable ({error}); train the {prerequisite_dir.name} run again"
+        ) from None
+    wanted = profile.to_dict()
+    differences = [
+        f"{name}={settings.get(name)!r} there, {wanted[name]!r} here"
+        for name in SHAPING_SETTINGS
+        if settings.get(name) != wanted[name]
+    ]
+    source = (recorded.get("data") or {}).get("source")
+    if splits is not None and source != splits.source:
+        differences.append(f"data {source!r} there, {splits.source!r} here")
+    if differences:
+        raise ValueError(
+            f"{prerequisite_dir} was trained with other settings than this run: "
+            f"{'; '.join(differences)}. Train it again with these settings (cifar10-transfer "
+            f"train {prerequisite_dir.name} ... --out {prerequisite_dir}), or use the same ones"
+        )
+
 
 def run_experiment(
     experiment: str,
@@ -471,6 +547,10 @@ def run_experiment(
     ``data.make_splits``) skips loading; ``callbacks`` are extra Keras callbacks.
     """
     spec = config.experiment(experiment)
+    # Every setting is checked before any work: no half-made run folder, no late failure.
+    config.check(profile)
+    if spec.stage != "baseline":
+        models.check_profile(profile)
     stage = Stage.of(profile, spec.stage)
     out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
     started = time.perf_counter()
@@ -497,20 +577,22 @@ def run_experiment(
         splits = datasets.load_splits(profile, data)
     placement.check_splits(splits)
     job = Job(placement.work_dir(out_dir), resume, tuple(callbacks), placement)
+    prerequisite_dir = out_dir.parent / (spec.prerequisite or "")
+    if spec.prerequisite and (prerequisite_dir / "model.keras").exists():
+        check_prerequisite(prerequisite_dir, profile, splits)
     runs.prepare(job.out_dir, resume)
-    if spec.prerequisite:
-        prerequisite_dir = out_dir.parent / spec.prerequisite
-        if not placement.agree((prerequisite_dir / "model.keras").exists()):
-            print(
-                f"{experiment} starts from a {spec.prerequisite} run; none in "
-                f"{prerequisite_dir}: training it first",
-                flush=True,
-            )
-            run_experiment(
-                spec.prerequisite, profile, out_dir=prerequisite_dir, devices=devices, splits=splits
-            )
+    if spec.prerequisite and not placement.agree((prerequisite_dir / "model.keras").exists()):
+        print(
+            f"{experiment} starts from a {spec.prerequisite} run; none in "
+            f"{prerequisite_dir}: training it first",
+            flush=True,
+        )
+        run_experiment(
+            spec.prerequisite, profile, out_dir=prerequisite_dir, devices=devices, splits=splits
+        )
 
-    extra = {}
+    # What the run trained with (a baseline's batch is baseline_batch_size, not batch_size).
+    extra = {"batch_size": stage.batch_size}
     with placement.scope():
         if spec.stage == "baseline":
             model = models.build(spec, profile)
@@ -521,7 +603,7 @@ def run_experiment(
             history, probabilities = train_head(model, splits, profile, job)
             history["stage"] = spec.stage
         else:
-            model = keras.saving.load_model(prerequisite_dir / "model.keras", safe_mode=True)
+            model = runs.load_model(prerequisite_dir / "model.keras")
             earlier = pd.read_csv(prerequisite_dir / "history.csv").drop(columns=["epoch"])
             history = fine_tune(model, splits, profile, job)
             history["stage"] = spec.stage

@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +25,12 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 HERE = Path(__file__).resolve().parent
+# imaging.py beside this file (export copies it): the image conversion the training data
+# used, so uploads become RGB exactly as the training images did.
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import imaging  # noqa: E402, I001
+
 MODEL_PATH = Path(os.environ.get("CIFAR10_MODEL", HERE / "model.keras"))
 IMAGE_SIZE = 32  # the model's input side, px: CIFAR-10's resolution
 PREVIEW_SCALE = 7  # 32 px shown as 224 px
@@ -59,21 +66,6 @@ def _read_upload(source: str | os.PathLike | bytes) -> bytes:
     return raw
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode as 8-bit RGB; transparent pixels become white."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit greyscale: convert("RGB") would clip everything above 255 to white.
-        # 257 = 65535 / 255 maps the full 16-bit range onto 8 bits.
-        grey = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        # Composite on white (not black): most cut-out product photos and logos assume white.
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, 8-bit RGB
-
-
 def load_image(source: str | os.PathLike | bytes) -> np.ndarray:
     """Decode an uploaded file (path or bytes) into the uint8 (32, 32, 3) array the model takes.
 
@@ -81,7 +73,7 @@ def load_image(source: str | os.PathLike | bytes) -> np.ndarray:
     """
     raw = _read_upload(source)
     try:
-        with Image.open(io.BytesIO(raw)) as image:
+        with Image.open(io.BytesIO(raw), formats=imaging.DEMO_FORMATS) as image:
             # Image.open only reads the header; the pixel limit is checked again here because
             # the warning filter above is process-wide state that a host (pytest) may reset.
             if image.width * image.height > MAX_IMAGE_PIXELS:
@@ -91,7 +83,7 @@ def load_image(source: str | os.PathLike | bytes) -> np.ndarray:
             image.draft(None, (8 * IMAGE_SIZE, 8 * IMAGE_SIZE))
             image.load()  # decode everything now, so truncation raises here
             image = ImageOps.exif_transpose(image)  # phone photos: honour the Orientation tag
-            image = _to_rgb(image)
+            image = imaging.to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageRejected(
             f"The image is too large to decode safely ({error}); "
