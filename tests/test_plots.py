@@ -4,6 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 from matplotlib.text import Text
 from PIL import Image
 
@@ -159,3 +160,20 @@ def test_slide_style_draws_the_charts_at_the_given_size_in_18_pt_or_more(draw, t
     assert min(text.get_fontsize() for text in texts) >= 18
     with Image.open(tmp_path / "chart.png") as image:  # nothing drawn beyond the figure
         assert image.width <= (12 + 2 * plt.rcParams["savefig.pad_inches"]) * plots.DPI
+
+
+@pytest.mark.parametrize("prior_as", ["lines", "bars"])
+def test_comparison_draws_the_spread_over_seeds_only_where_there_is_one(prior_as, tmp_path):
+    results = {"seed CNN": 0.69, "two-layer FC": 0.43, "fine-tuned": 0.8625}
+    spread = {"seed CNN": 0.0088, "two-layer FC": float("nan"), "fine-tuned": 0.0009}
+    figure = plots.comparison_bars(
+        results, spread=spread, prior_as=prior_as, path=tmp_path / "c.png"
+    )
+    axis = figure.axes[0]
+    (errorbars,) = [c for c in axis.containers if isinstance(c, ErrorbarContainer)]
+    (segments,) = errorbars.lines[2]
+    drawn = [s for s in segments.get_segments() if len(s) == 2 and np.isfinite(s).all()]
+    # One line per row with a spread: seed CNN and fine-tuned, not the one-seed FC net.
+    widths = sorted(round(abs(s[1][0] - s[0][0]) / 2, 4) for s in drawn)
+    assert widths == [0.0009, 0.0088]
+    assert "error bars: ±1 standard deviation" in axis.get_xlabel()

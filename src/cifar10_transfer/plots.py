@@ -577,8 +577,9 @@ def comparison_bars(
         raise ValueError(f"prior_as must be 'lines' or 'bars', got {prior_as!r}")
     names = list(results)
     values = np.array([results[name] for name in names], dtype=float)
+    # NaN (one seed, or no spread given): matplotlib draws no error bar for that row.
     errors = np.array([(spread or {}).get(name, np.nan) for name in names], dtype=float)
-    errors = np.nan_to_num(errors, nan=0.0)
+    errors[errors <= 0] = np.nan
     error_style = {"ecolor": "0.1", "capsize": 4, "error_kw": {"elinewidth": 1.5}}
     size = size or (10, 0.6 * len(names) + 3.2)
     figure, axis = plt.subplots(figsize=size, layout="constrained")
@@ -586,10 +587,10 @@ def comparison_bars(
         names += list(prior_work)
         values = np.append(values, list(prior_work.values()))
         colors = [OURS_COLOR] * len(results) + [PRIOR_COLOR] * len(prior_work)
-        errors = np.append(errors, np.zeros(len(prior_work)))
+        errors = np.append(errors, np.full(len(prior_work), np.nan))
         bars = axis.barh(names, values, color=colors, height=0.7, xerr=errors, **error_style)
         labels = [
-            percent(value) + (f" ± {100 * error:.1f}" if error else "")
+            percent(value) + ("" if np.isnan(error) else f" ± {100 * error:.1f}")
             for value, error in zip(values, errors, strict=True)
         ]
         axis.bar_label(bars, labels=labels, padding=4)
@@ -643,7 +644,11 @@ def comparison_bars(
             )
     axis.invert_yaxis()  # first experiment on top
     axis.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
-    axis.set_xlabel("CIFAR-10 test accuracy")
+    spread_shown = not np.isnan(errors).all()
+    axis.set_xlabel(
+        "CIFAR-10 test accuracy"
+        + (" (mean over seeds; error bars: ±1 standard deviation)" if spread_shown else "")
+    )
     if title != "":
         axis.set_title(title or "Test accuracy: our experiments vs prior work")
     return _save(figure, path, "comparison.png")

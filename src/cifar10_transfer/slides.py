@@ -77,13 +77,23 @@ class Deck:
 
     @property
     def provenance(self) -> str:
-        def values(column: str) -> str:
-            found = sorted({str(value) for value in self.runs[column] if not pd.isna(value)})
+        def values(column: str, several: bool = False) -> str:
+            # several: a row holds a comma-separated list (its seeds, its commits)
+            found = sorted(
+                {
+                    part
+                    for value in self.runs[column]
+                    if not pd.isna(value)
+                    for part in (str(value).split(",") if several else [str(value)])
+                }
+            )
             return ", ".join(found) or "not recorded"
 
+        seeds = values("seed", several=True)
         return (
             f"profile {self.profile} · {values('device')} · {values('backend')} · "
-            f"seed {values('seed')} · code {values('git_commit')}"
+            f"{'seeds' if ',' in seeds else 'seed'} {seeds} · "
+            f"code {values('git_commit', several=True)}"
         )
 
 
@@ -386,14 +396,14 @@ def method_slide(figure: Figure, deck: Deck) -> None:
 
 
 def results_slide(figure: Figure, deck: Deck) -> None:
-    # Right edges (in) of the number columns; the model name starts at MARGIN.
+    # Right edges (in) of the number columns; the model name starts at MARGIN. (Calibration,
+    # ECE, has its own slide.)
     columns = [
         ("test accuracy\nmean ± std", 7.3),
         ("flip\nTTA", 8.3),
-        ("seeds", 9.05),
-        ("ECE", 9.85),
-        ("input", 10.75),
-        ("train\nimages", 11.8),
+        ("seeds", 9.2),
+        ("input", 10.1),
+        ("train\nimages", 11.3),
         ("wall\ntime", WIDTH - MARGIN),
     ]
     best = deck.best.experiment
@@ -409,7 +419,6 @@ def results_slide(figure: Figure, deck: Deck) -> None:
                 ),
                 percent(row.tta_test_accuracy),
                 str(row.seeds),
-                "–" if pd.isna(row.ece) else f"{row.ece:.3f}",
                 f"{row.image_size} px",
                 f"{row.train_size:,}",
                 f"{row.wall_time_s / 60:.1f} min",
@@ -419,7 +428,7 @@ def results_slide(figure: Figure, deck: Deck) -> None:
         for row in deck.runs.itertuples()
     ]
     prior = [
-        (name, [percent(value)] + ["–"] * 6, False) for name, value in config.PRIOR_WORK.items()
+        (name, [percent(value)] + ["–"] * 5, False) for name, value in config.PRIOR_WORK.items()
     ]
     sections = [
         (f"Our runs (profile {deck.profile})", rows, plots.OURS_COLOR),
