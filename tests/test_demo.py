@@ -315,6 +315,7 @@ def test_export_writes_a_space_folder(exported):
     names = {path.name for path in exported.iterdir()}
     assert names == {
         "app.py",
+        "imaging.py",  # the image conversion the training data used
         "requirements.txt",
         "README.md",
         "model.keras",
@@ -462,7 +463,7 @@ def test_failed_export_keeps_the_earlier_one(tmp_path):
     out_dir = export.export_run(run, tmp_path / "deploy")
     before = {path.name: path.read_bytes() for path in out_dir.iterdir()}
     (run / "model.keras").write_bytes(b"corrupt")
-    with pytest.raises(ValueError, match="does not load"):
+    with pytest.raises(ValueError, match="model.keras: not a .keras model"):
         export.export_run(run, out_dir, force=True)
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["deploy", "run"]

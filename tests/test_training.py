@@ -222,6 +222,8 @@ def test_seed_cnn_learns_real_cifar10(real_cifar10, tmp_path):
         baseline_epochs=2,
         baseline_batch_size=64,
         baseline_augment=False,
+        baseline_learning_rate=1e-3,
+        lr_schedule="constant",
         label_smoothing=0.0,
     )
     metrics = training.run_experiment(

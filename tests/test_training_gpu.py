@@ -63,7 +63,7 @@ def test_cpu_profiles_and_gpus_pass_the_check(no_accelerator, monkeypatch):
 
 def test_gpu_profiles_are_marked_on_the_profile():
     marked = {name for name, profile in config.PROFILES.items() if profile.needs_accelerator}
-    assert marked == {"full", "paper"}
+    assert marked == {"full", "paper", "fast"}
 
 
 def test_cost_model_uses_the_fastest_cpu_measurement_and_scales_with_pixels_and_cores(

@@ -471,25 +471,19 @@ def _decode_image_tree(
 def _decode_image(content: bytes, where: str) -> np.ndarray:
     """One 32x32 PNG or JPEG as uint8 RGB (32, 32, 3), converted as the demo converts uploads
     (``imaging.to_rgb``: 16-bit scaled to 8, transparency on white)."""
+    # Pillow raises all of these for crafted or damaged files (a PNG text bomb: ValueError).
+    broken = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
     try:
-        with Image.open(io.BytesIO(content), formats=imaging.DATA_FORMATS) as image:
-            if image.size != (32, 32):
-                raise DataError(
-                    f"{where} is {image.size[0]}x{image.size[1]} pixels; expected 32x32"
-                )
-            image.load()
-            return np.asarray(imaging.to_rgb(image))
-    except DataError:
-        raise
-    # Pillow raises all of these for crafted or damaged files (a zTXt bomb: ValueError).
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        EOFError,
-        Image.DecompressionBombError,
-    ) as error:
+        image = Image.open(io.BytesIO(content), formats=imaging.DATA_FORMATS)
+    except broken as error:
         raise DataError(f"{where} is not a PNG or JPEG image ({_one_line(error)})") from error
+    with image:
+        if image.size != (32, 32):
+            raise DataError(f"{where} is {image.size[0]}x{image.size[1]} pixels; expected 32x32")
+        try:
+            return np.asarray(imaging.to_rgb(image))
+        except broken as error:
+            raise DataError(f"{where}: broken image data ({_one_line(error)})") from error
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], where: Path) -> None:

@@ -348,10 +348,11 @@ def _build_application(application: str, weights, image_size: int):
         raise
 
 
-def check_profile(profile: config.Profile) -> None:
-    """Raise before any training if the profile's backbone, weights file or ``unfreeze`` stage
-    does not exist (``config.check`` has checked the ranges). A ``stage:NAME`` is looked up
-    in the backbone's architecture, built without weights."""
+def check_profile(profile: config.Profile, fine_tuning: bool = True) -> None:
+    """Raise before any training if the profile's backbone or weights file does not exist,
+    or, when ``fine_tuning``, its ``unfreeze`` stage (``config.check`` has checked the
+    ranges). A ``stage:NAME`` is looked up in the backbone's architecture, built without
+    weights."""
     if profile.weights not in ("imagenet", None) and not os.path.exists(str(profile.weights)):
         raise WeightsError(
             f"weights={profile.weights!r}: no such file; expected 'imagenet', none or the "
@@ -370,7 +371,7 @@ def check_profile(profile: config.Profile) -> None:
                 f"stochastic_depth={profile.stochastic_depth} needs an efficientnet_lite "
                 f"backbone: keras.applications' {profile.backbone!r} has no drop-connect rate"
             )
-    if profile.unfreeze.startswith("stage:"):
+    if fine_tuning and profile.unfreeze.startswith("stage:"):
         stage = profile.unfreeze[6:]
         backbone, _ = build_backbone(profile.backbone, None, profile.image_size)
         if not any(layer.name.startswith(stage) for layer in backbone.layers):

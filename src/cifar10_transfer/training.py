@@ -550,7 +550,7 @@ def run_experiment(
     # Every setting is checked before any work: no half-made run folder, no late failure.
     config.check(profile)
     if spec.stage != "baseline":
-        models.check_profile(profile)
+        models.check_profile(profile, fine_tuning=spec.stage == "finetune")
     stage = Stage.of(profile, spec.stage)
     out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
     started = time.perf_counter()
