@@ -355,8 +355,8 @@ def baseline_profile(epochs=3):
     )
 
 
-def test_a_full_disk_leaves_the_last_backup_whole_and_resumable(tmp_path):
-    out, splits = tmp_path / "run", tiny_splits()
+def train_until_the_disk_fills(out, splits):
+    """Train 3 epochs into ``out``; saving fails from epoch 2 on, as on a full disk."""
     with pytest.raises(OSError, match="No space left"):
         training.run_experiment(
             "baseline_cnn",
@@ -365,6 +365,11 @@ def test_a_full_disk_leaves_the_last_backup_whole_and_resumable(tmp_path):
             splits=splits,
             callbacks=[FailAfter(2)],
         )
+
+
+def test_a_full_disk_leaves_the_last_backup_whole_and_resumable(tmp_path):
+    out, splits = tmp_path / "run", tiny_splits()
+    train_until_the_disk_fills(out, splits)
     backup = out / "backup"
     # Epoch 1's backup, complete; the failed save left no temporary file beside it.
     assert sorted(path.name for path in backup.iterdir()) == [
@@ -380,14 +385,7 @@ def test_a_full_disk_leaves_the_last_backup_whole_and_resumable(tmp_path):
 
 def test_a_damaged_backup_is_reported_on_resume_with_how_to_start_over(tmp_path, capsys):
     out, splits = tmp_path / "run", tiny_splits()
-    with pytest.raises(OSError):
-        training.run_experiment(
-            "baseline_cnn",
-            baseline_profile(),
-            out_dir=out,
-            splits=splits,
-            callbacks=[FailAfter(2)],
-        )
+    train_until_the_disk_fills(out, splits)
     weights = out / "backup" / "latest.weights.h5"
     weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as a crash would leave it
     with pytest.raises(training.BackupError, match="does not load .*without --resume to start"):

@@ -353,24 +353,7 @@ def check_profile(profile: config.Profile, fine_tuning: bool = True) -> None:
     or, when ``fine_tuning``, its ``unfreeze`` stage (``config.check`` has checked the
     ranges). A ``stage:NAME`` is looked up in the backbone's architecture, built without
     weights."""
-    if profile.weights not in ("imagenet", None) and not os.path.exists(str(profile.weights)):
-        raise WeightsError(
-            f"weights={profile.weights!r}: no such file; expected 'imagenet', none or the "
-            "path to a weights file"
-        )
-    if profile.backbone.startswith("efficientnet_lite"):
-        if profile.backbone not in efficientnet_lite.BACKBONES:
-            raise ValueError(
-                f"backbone={profile.backbone!r}: expected one of "
-                f"{', '.join(sorted(efficientnet_lite.BACKBONES))} or a keras.applications name"
-            )
-    else:
-        _application_name(profile.backbone)
-        if profile.stochastic_depth:
-            raise ValueError(
-                f"stochastic_depth={profile.stochastic_depth} needs an efficientnet_lite "
-                f"backbone: keras.applications' {profile.backbone!r} has no drop-connect rate"
-            )
+    _check_backbone(profile.backbone, profile.weights, profile.stochastic_depth)
     if fine_tuning and profile.unfreeze.startswith("stage:"):
         stage = profile.unfreeze[6:]
         backbone, _ = build_backbone(profile.backbone, None, profile.image_size)
@@ -382,17 +365,9 @@ def check_profile(profile: config.Profile, fine_tuning: bool = True) -> None:
             )
 
 
-def build_backbone(
-    backbone: str = "resnet50",
-    weights="imagenet",
-    image_size: int = 224,
-    stochastic_depth: float = 0.0,
-):
-    """Return ``(backbone_model, preprocessing_mode)``; the model expects preprocessed input.
-
-    ``stochastic_depth``: EfficientNet-Lite's drop-connect rate (the last block's; earlier
-    blocks drop less), active only when the backbone runs in training mode.
-    """
+def _check_backbone(backbone: str, weights, stochastic_depth: float) -> None:
+    """ValueError (WeightsError for the weights) unless ``backbone`` exists, a weights file
+    does, and a drop-connect rate has a backbone that takes one; builds nothing."""
     if not 0.0 <= stochastic_depth < 1.0:
         raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth}")
     if stochastic_depth and not backbone.startswith("efficientnet_lite"):
@@ -406,12 +381,28 @@ def build_backbone(
             "or a path to a weights file"
         )
     if backbone.startswith("efficientnet_lite"):
-        constructor = efficientnet_lite.BACKBONES.get(backbone)
-        if constructor is None:
+        if backbone not in efficientnet_lite.BACKBONES:
             raise ValueError(
                 f"backbone must be one of {sorted(efficientnet_lite.BACKBONES)}, got {backbone!r}"
             )
-        model = constructor(
+    else:
+        _application_name(backbone)
+
+
+def build_backbone(
+    backbone: str = "resnet50",
+    weights="imagenet",
+    image_size: int = 224,
+    stochastic_depth: float = 0.0,
+):
+    """Return ``(backbone_model, preprocessing_mode)``; the model expects preprocessed input.
+
+    ``stochastic_depth``: EfficientNet-Lite's drop-connect rate (the last block's; earlier
+    blocks drop less), active only when the backbone runs in training mode.
+    """
+    _check_backbone(backbone, weights, stochastic_depth)
+    if backbone.startswith("efficientnet_lite"):
+        model = efficientnet_lite.BACKBONES[backbone](
             include_top=False,
             weights=weights,
             input_shape=(image_size, image_size, 3),

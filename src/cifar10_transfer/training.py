@@ -520,7 +520,7 @@ def check_prerequisite(prerequisite_dir: Path, profile: config.Profile, splits) 
         if settings.get(name) != wanted[name]
     ]
     source = (recorded.get("data") or {}).get("source")
-    if splits is not None and source != splits.source:
+    if source != splits.source:
         differences.append(f"data {source!r} there, {splits.source!r} here")
     if differences:
         raise ValueError(
