@@ -249,7 +249,7 @@ def test_decompression_bomb_is_rejected(app, tmp_path, width, height, warning_ac
     # "error" is the app's own setting; "ignore" checks the guard that does not rely on it.
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header_only(width, height))
-    assert path.stat().st_size < 1000 and width * height > app.MAX_IMAGE_PIXELS
+    assert path.stat().st_size < 1000 and width * height > app.imaging.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter(warning_action, Image.DecompressionBombWarning)
         with pytest.raises(app.ImageRejected, match="too large"):
@@ -258,7 +258,7 @@ def test_decompression_bomb_is_rejected(app, tmp_path, width, height, warning_ac
 
 def test_oversized_file_is_rejected(app, tmp_path, monkeypatch):
     path = save(Image.effect_noise((64, 64), 50).convert("RGB"), tmp_path, "big.png")
-    monkeypatch.setattr(app, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(app.imaging, "MAX_FILE_BYTES", path.stat().st_size - 1)
     with pytest.raises(app.ImageRejected, match="limit"):
         app.load_image(path)
     with pytest.raises(app.ImageRejected, match="limit"):
@@ -279,11 +279,36 @@ def test_predict_returns_probabilities_preview_and_message(app, exported, tmp_pa
     model = keras.saving.load_model(exported / "model.keras", safe_mode=True)
     expected = model.predict(pixels[None], verbose=0)[0]
     np.testing.assert_allclose(list(scores.values()), expected, rtol=1e-5, atol=1e-6)
-    # The preview is the model's 32x32 input, each pixel a 7x7 block.
-    assert preview.shape == (224, 224, 3) and preview.dtype == np.uint8
-    assert np.array_equal(preview[::7, ::7], pixels)
+    # The preview is the model's 32x32 input, each pixel a 7x7 block, as a lossless PNG.
+    with Image.open(preview) as image:
+        assert image.format == "PNG"
+        shown = np.asarray(image)
+    assert shown.shape == (224, 224, 3) and shown.dtype == np.uint8
+    assert np.array_equal(shown[::7, ::7], pixels)
     best = max(scores, key=scores.get)
     assert best in message and f"{scores[best]:.0%}" in message
+
+
+def test_identical_uploads_get_their_own_preview_files(app, tmp_path):
+    # Gradio rewrites an array output's content-named file in place; a preview path of its
+    # own per request is copied instead, so concurrent identical uploads cannot race.
+    path = save(Image.new("RGB", (40, 40), RED), tmp_path, "red.png")
+    previews = [app.predict(str(path))[1] for _ in range(3)]
+    assert len(set(previews)) == 3
+    assert all(Path(preview).read_bytes() == Path(previews[0]).read_bytes() for preview in previews)
+
+
+def test_preview_files_are_bounded(app, tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "PREVIEWS_KEPT", 2)
+    path = save(Image.new("RGB", (40, 40), BLUE), tmp_path, "blue.png")
+    previews = [Path(app.predict(str(path))[1]) for _ in range(5)]
+    assert [preview.exists() for preview in previews] == [False, False, False, True, True]
+    assert len(list(app.PREVIEW_DIR.iterdir())) <= 2
+
+
+def test_demo_sweeps_gradios_cache(app):
+    demo = app.build_demo()
+    assert demo.delete_cache == (app.CACHE_MAX_AGE_S // 4, app.CACHE_MAX_AGE_S)
 
 
 def test_predict_without_upload(app):

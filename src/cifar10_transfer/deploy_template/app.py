@@ -4,17 +4,20 @@ Self-contained on purpose: it needs only keras, one Keras backend, gradio, pillo
 never the training package. It serves the files ``cifar10-transfer export`` writes next to it:
 model.keras, class_names.json, metrics.json (optional) and examples/*.png (optional).
 
-Environment: CIFAR10_MODEL (model path, default ./model.keras), GRADIO_SERVER_NAME (default
-127.0.0.1; Spaces sets 0.0.0.0) and GRADIO_SERVER_PORT (default 7860).
+Environment: CIFAR10_MODEL (model path, default ./model.keras), CIFAR10_CACHE_MAX_AGE_S
+(seconds an upload or preview stays in Gradio's cache, default 3600), GRADIO_SERVER_NAME
+(default 127.0.0.1; Spaces sets 0.0.0.0) and GRADIO_SERVER_PORT (default 7860).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
-import io
 import json
 import os
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +25,7 @@ from pathlib import Path
 import gradio as gr
 import keras
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile
 
 HERE = Path(__file__).resolve().parent
 # imaging.py beside this file (export copies it): the image conversion the training data
@@ -32,85 +35,25 @@ if str(HERE) not in sys.path:
 import imaging  # noqa: E402, I001
 
 MODEL_PATH = Path(os.environ.get("CIFAR10_MODEL", HERE / "model.keras"))
-IMAGE_SIZE = 32  # the model's input side, px: CIFAR-10's resolution
+IMAGE_SIZE = imaging.IMAGE_SIZE  # the model's input side, px: CIFAR-10's resolution
 PREVIEW_SCALE = 7  # 32 px shown as 224 px
-MAX_FILE_BYTES = 10 * 1024 * 1024  # uploads above this are refused (also given to Gradio)
-MAX_IMAGE_PIXELS = 40_000_000  # decoded size limit; a phone photo is ~12 MP
+# Gradio keeps every upload and preview in its cache folder; files older than this are swept
+# (checked every quarter of it), so a long-running Space does not fill its disk.
+CACHE_MAX_AGE_S = int(os.environ.get("CIFAR10_CACHE_MAX_AGE_S", "3600"))
+if not 1 <= CACHE_MAX_AGE_S <= 7 * 24 * 3600:
+    raise SystemExit(f"error: CIFAR10_CACHE_MAX_AGE_S={CACHE_MAX_AGE_S}: expected 1 to 604800 s")
+PREVIEWS_KEPT = 64  # preview files kept in PREVIEW_DIR; Gradio copies each as its request ends
+PREVIEW_DIR = Path(tempfile.mkdtemp(prefix="cifar10-previews-"))
 
+# The upload decoding the notebooks use too (imaging.load_image), and its limits.
+ImageRejected, load_image = imaging.ImageRejected, imaging.load_image
+MAX_FILE_BYTES = imaging.MAX_FILE_BYTES  # also given to Gradio
 # Pillow's decompression-bomb guard: warn above MAX_IMAGE_PIXELS, raise above twice that. Make
 # the warning an error too, so a small file can never decode into gigabytes of pixels.
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+Image.MAX_IMAGE_PIXELS = imaging.MAX_IMAGE_PIXELS
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 # Pillow's default, set explicitly: a truncated file must fail instead of being padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class ImageRejected(ValueError):
-    """An upload that cannot be classified; the message is shown to the user as is."""
-
-
-def _check_size(size: int) -> None:
-    if size > MAX_FILE_BYTES:
-        raise ImageRejected(
-            f"The file is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB."
-        )
-
-
-def _read_upload(source: str | os.PathLike | bytes) -> bytes:
-    if not isinstance(source, bytes):
-        _check_size(os.path.getsize(source))  # before reading: never load an oversized file
-    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
-    if not raw:
-        raise ImageRejected("The file is empty (0 bytes). Please upload an image.")
-    _check_size(len(raw))
-    return raw
-
-
-def load_image(source: str | os.PathLike | bytes) -> np.ndarray:
-    """Decode an uploaded file (path or bytes) into the uint8 (32, 32, 3) array the model takes.
-
-    Raises ImageRejected with a user-readable message for anything that is not a usable image.
-    """
-    raw = _read_upload(source)
-    try:
-        with Image.open(io.BytesIO(raw), formats=imaging.DEMO_FORMATS) as image:
-            # Image.open only reads the header; the pixel limit is checked again here because
-            # the warning filter above is process-wide state that a host (pytest) may reset.
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
-            # JPEG only: decode at 1/2, 1/4 or 1/8 scale in the DCT (fast, and itself an
-            # antialiased downsample), keeping at least 8x the model's side for the resize below.
-            image.draft(None, (8 * IMAGE_SIZE, 8 * IMAGE_SIZE))
-            image.load()  # decode everything now, so truncation raises here
-            image = ImageOps.exif_transpose(image)  # phone photos: honour the Orientation tag
-            image = imaging.to_rgb(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected(
-            f"The image is too large to decode safely ({error}); "
-            f"the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels."
-        ) from error
-    except UnidentifiedImageError as error:
-        raise ImageRejected(
-            "This file is not an image Pillow can read. Please upload a PNG, JPEG, WebP, GIF, "
-            "BMP or TIFF file."
-        ) from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageRejected(f"The image file is damaged or truncated ({error}).") from error
-
-    # Center-crop to a square first: CIFAR-10 images are square with the object in the middle,
-    # and squashing a wide photo into 32x32 would distort shapes the model never saw distorted.
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    # CIFAR-10 images are antialiased downsamples of larger photos, so shrink the same way:
-    # Lanczos over the full crop (reducing_gap first box-averages big images, cheaply). The
-    # model then resizes 32 px to its backbone's size internally, exactly as in training.
-    small = image.resize(
-        (IMAGE_SIZE, IMAGE_SIZE),
-        Image.Resampling.LANCZOS,
-        box=(left, top, left + side, top + side),
-        reducing_gap=3.0,
-    )
-    return np.asarray(small, dtype=np.uint8)
 
 
 @functools.cache
@@ -124,8 +67,33 @@ def load_classifier() -> tuple[keras.Model, list[str]]:
     return model, class_names
 
 
-def predict(path: str | None) -> tuple[dict[str, float] | None, np.ndarray | None, str]:
-    """(class -> probability, the 32x32 input enlarged with nearest neighbour, status message)."""
+_previews: collections.deque[Path] = collections.deque()
+_previews_lock = threading.Lock()
+
+
+def save_preview(pixels: np.ndarray) -> str:
+    """The 32x32 input enlarged with nearest neighbour (every pixel a visible block), as a PNG
+    under a name no other request uses; returns its path.
+
+    Returned as an array instead, Gradio would write it to a file named by its content, in
+    place: two identical uploads at the same moment rewrite the file one of them is
+    downloading ("Too little data for declared Content-Length"). A path is copied into the
+    cache under a temporary name and renamed, and an existing copy is reused, never rewritten.
+    """
+    preview = pixels.repeat(PREVIEW_SCALE, axis=0).repeat(PREVIEW_SCALE, axis=1)
+    handle, name = tempfile.mkstemp(suffix=".png", dir=PREVIEW_DIR)
+    with os.fdopen(handle, "wb") as file:
+        Image.fromarray(preview).save(file, format="png")
+    with _previews_lock:
+        _previews.append(Path(name))
+        # Gradio has copied the older ones already: at most PREVIEWS_KEPT requests run at once.
+        while len(_previews) > PREVIEWS_KEPT:
+            _previews.popleft().unlink(missing_ok=True)
+    return name
+
+
+def predict(path: str | None) -> tuple[dict[str, float] | None, str | None, str]:
+    """(class -> probability, the preview's path (save_preview), status message)."""
     if path is None:
         return None, None, "Upload an image or click an example."
     try:
@@ -139,13 +107,11 @@ def predict(path: str | None) -> tuple[dict[str, float] | None, np.ndarray | Non
     elapsed_ms = (time.perf_counter() - start) * 1000
     scores = {name: float(p) for name, p in zip(class_names, probabilities, strict=True)}
     best = max(scores, key=scores.get)
-    # Nearest neighbour keeps every one of the 32x32 pixels visible as a block.
-    preview = pixels.repeat(PREVIEW_SCALE, axis=0).repeat(PREVIEW_SCALE, axis=1)
     message = (
         f"Best guess: **{best}** ({scores[best]:.0%}), computed in {elapsed_ms:.0f} ms. "
         "The model always answers with one of the 10 classes, even for images showing none."
     )
-    return scores, preview, message
+    return scores, save_preview(pixels), message
 
 
 def classify_upload(upload: dict | None):
@@ -175,7 +141,8 @@ def _headline() -> str:
 
 def build_demo() -> gr.Blocks:
     _, class_names = load_classifier()
-    with gr.Blocks(title="CIFAR-10 classifier") as demo:
+    sweep = (max(1, CACHE_MAX_AGE_S // 4), CACHE_MAX_AGE_S)  # (every, older than), s
+    with gr.Blocks(title="CIFAR-10 classifier", delete_cache=sweep) as demo:
         gr.Markdown(
             "# CIFAR-10 image classifier\n"
             f"Recognises {len(class_names)} classes: {', '.join(class_names)}.{_headline()}\n\n"
@@ -214,7 +181,13 @@ def build_demo() -> gr.Blocks:
                 )
                 status = gr.Markdown("Upload an image or click an example.", elem_id="status")
         upload.change(
-            classify_upload, inputs=upload, outputs=[label, preview, status], preprocess=False
+            classify_upload,
+            inputs=upload,
+            outputs=[label, preview, status],
+            preprocess=False,
+            # One prediction at a time (Gradio's default, stated here): the model's threads
+            # already use every core, and save_preview keeps the last PREVIEWS_KEPT files.
+            concurrency_limit=1,
         )
     return demo
 
