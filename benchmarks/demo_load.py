@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from cifar10_transfer import config, data, export, runs
+from cifar10_transfer import config
 
 MAX_REQUESTS = 10_000  # a load test, not a denial of service
 MAX_CLIENTS = 64
@@ -80,6 +80,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def write_uploads(folder: Path, source, count: int, side: int, file_format: str) -> list[Path]:
     """``count`` photos: CIFAR-10 test images enlarged to ``side`` px, as JPEG or PNG."""
+    from cifar10_transfer import data
+
     test = data.load_cifar10(source).x_test[:count]
     paths = []
     for index, pixels in enumerate(test):
@@ -195,8 +197,10 @@ def load(
 
 
 def main(argv=None) -> None:
-    args = parse_arguments(argv)
+    args = parse_arguments(argv)  # before importing Keras: a bad setting fails at once
     import gradio
+
+    from cifar10_transfer import export, runs
 
     load_before = os.getloadavg()[0]
     metrics = export.read_run(args.run)  # checks the run folder before anything starts

@@ -1,9 +1,9 @@
 """Write the latest benchmark figures from benchmarks/results/*.json into benchmarks/README.md.
 
-The tables go between the lines ``<!-- bench:start -->`` and ``<!-- bench:end -->``, and the
-memory table (benchmarks/memory.py) also between ``<!-- memory:start -->`` and
-``<!-- memory:end -->`` of the project README; every figure comes from a results file, never
-typed by hand.
+The tables go between the lines ``<!-- bench:start -->`` and ``<!-- bench:end -->``; the
+memory table (benchmarks/memory.py) and the demo-under-load table (benchmarks/demo_load.py)
+also go between their markers in the project README (``ROOT_TABLES``). Every figure comes
+from a results file, never typed by hand.
 
     python benchmarks/summarize.py
 """
@@ -133,6 +133,23 @@ def memory_row(r: dict) -> dict:
     }
 
 
+def demo_load_row(r: dict) -> dict:
+    memory = r["server_rss_mb"]
+    return {
+        "Model": r["backbone"],
+        "Device": r["device"],
+        "Requests x clients": f"{r['requests']} x {r['clients']}",
+        "Uploads": ("one file, all at once" if r["same_file"] else "varied") + f"; {r['upload']}",
+        "p50 s": number(r["latency_p50_s"], 2),
+        "p95 s": number(r["latency_p95_s"], 2),
+        "Errors": f"{r['errors']} of {r['requests']}",
+        "Server MB: warm, peak, after": joined(
+            *(number(memory[key], 0) for key in ("after_warm_up", "peak", "after_load"))
+        ),
+        "Commit": r["git_commit"] + ("+" if r.get("git_dirty") else ""),
+    }
+
+
 # benchmark -> (title, its columns of one result)
 TABLES = {
     "compare": (
@@ -150,6 +167,11 @@ TABLES = {
         feature_cache_row,
     ),
     "time_to_accuracy": ("Time to a test accuracy, full fine-tuning", time_to_accuracy_row),
+    "demo_load": (
+        "The upload demo under load (benchmarks/demo_load.py): latency per request (upload, "
+        "predict, preview download), errors, the server's resident memory",
+        demo_load_row,
+    ),
     "memory": (
         "Memory of one training step (fully unfrozen, Adam) per micro-batch: XLA's estimate "
         "from compiling the JAX step (arguments + outputs - aliased + temporaries), not a GPU "
@@ -162,6 +184,12 @@ ROOT_README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def row(name: str, result: dict, columns, folder: str = "results") -> dict:
+    if columns is demo_load_row:  # a served model, not a training set-up
+        return {
+            **columns(result),
+            "Date": result["timestamp"][:10],
+            "File": f"[json]({folder}/{name})",
+        }
     return {
         "Backbone": result["backbone"],
         "Device": result["device"],
@@ -198,12 +226,16 @@ def summary(results_dir: Path) -> str:
     return "\n\n".join(tables) if tables else f"No results in {results_dir} yet."
 
 
-def memory_summary(results_dir: Path) -> str:
-    """The memory table for the project README, linking to benchmarks/results/."""
-    results = results_by_benchmark(results_dir).get("memory")
+# The project README shows these tables too, between <!-- marker:start/end --> lines.
+ROOT_TABLES = {"memory": "memory", "demo_load": "demo-load"}  # benchmark -> marker
+
+
+def root_summary(results_dir: Path, benchmark: str) -> str:
+    """The ``benchmark`` table for the project README, linking to benchmarks/results/."""
+    results = results_by_benchmark(results_dir).get(benchmark)
     if not results:
-        return f"No benchmarks/memory.py results in {results_dir} yet."
-    return table("memory", results, folder="benchmarks/results")
+        return f"No benchmarks/{benchmark}.py results in {results_dir} yet."
+    return table(benchmark, results, folder="benchmarks/results")
 
 
 def main(argv=None) -> None:
@@ -214,8 +246,8 @@ def main(argv=None) -> None:
         "--memory-readme",
         type=Path,
         default=None,
-        help="also write the memory table between its memory markers here (default: the "
-        "project README, only when --results is the committed benchmarks/results/)",
+        help="also write the memory and demo-load tables between their markers here "
+        "(default: the project README, only when --results is the committed benchmarks/results/)",
     )
     args = parser.parse_args(argv)
     reports.update_readme(summary(args.results), args.readme, marker="bench")
@@ -224,7 +256,8 @@ def main(argv=None) -> None:
     if memory_readme is None and args.results.resolve() == common.RESULTS_DIR.resolve():
         memory_readme = ROOT_README
     if memory_readme is not None:
-        reports.update_readme(memory_summary(args.results), memory_readme, marker="memory")
+        for benchmark, marker in ROOT_TABLES.items():
+            reports.update_readme(root_summary(args.results, benchmark), memory_readme, marker)
         print(f"wrote {memory_readme}", flush=True)
 
 

@@ -312,7 +312,10 @@ def test_memory_reports_xla_sizes_per_micro_batch_and_renders_a_table(tmp_path):
 
     readme, memory_readme = tmp_path / "README.md", tmp_path / "ROOT.md"
     readme.write_text("<!-- bench:start -->\n<!-- bench:end -->\n")
-    memory_readme.write_text("gpu\n<!-- memory:start -->\n<!-- memory:end -->\n")
+    memory_readme.write_text(
+        "gpu\n<!-- memory:start -->\n<!-- memory:end -->\n"
+        "demo\n<!-- demo-load:start -->\n<!-- demo-load:end -->\n"
+    )
     subprocess.run(
         [
             sys.executable,
