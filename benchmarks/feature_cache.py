@@ -1,12 +1,12 @@
 """Head stage with cached features against running the frozen backbone every epoch.
 
-Three runs of ``training.train_head`` on the same data, seed and epochs, without augmentation
-(so all see the same features): "cold" caches the features into an empty cache (its time
-includes the extraction; it runs first, so it also pays the process's warm-up), "uncached" runs
-the frozen backbone every epoch, "warm" reads the features "cold" stored (what every later head
-run with the same backbone, image size and data does). Goal (models issue): cached at least
-10x faster, test accuracy within 0.5 points. Dropout draws and shuffles differ between cached
-and uncached runs, so their accuracies differ a little.
+Three runs of the head stage (``training.Experiment``) on the same data, seed and epochs,
+without augmentation (so all see the same features): "cold" caches the features into an empty
+cache (its time includes the extraction; it runs first, so it also pays the process's warm-up),
+"uncached" runs the frozen backbone every epoch, "warm" reads the features "cold" stored (what
+every later head run with the same backbone, image size and data does). Goal (models issue):
+cached at least 10x faster, test accuracy within 0.5 points. Dropout draws and shuffles differ
+between cached and uncached runs, so their accuracies differ a little.
 
 Cold-cache speed-up is bounded by about epochs x (train + val) / (train + val + test): the
 cached run passes every image through the backbone once, test images included, while the
@@ -54,17 +54,24 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def run_stage(splits, profile: config.Profile, cache_features: bool, runs_dir: Path) -> dict:
-    # train_head keeps its feature cache under config.RUNS_DIR: point it at this benchmark's.
+    # The feature cache lives under config.RUNS_DIR: point it at this benchmark's.
     config.RUNS_DIR = runs_dir
-    training.set_seed(profile.seed)
-    model = models.build_transfer_model(profile)
     timer = timers.StepTimer()
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        job = training.Job(Path(folder), callbacks=(timer,))
-        _, probabilities = training.train_head(
-            model, splits, profile, job, cache_features=cache_features
+        experiment = training.Experiment(
+            "head", profile, splits=splits, out_dir=folder, callbacks=(timer,)
         )
+        model = experiment.build()
+        if cache_features:
+            experiment.set_trainable()
+            experiment.fit()
+            probabilities = experiment.trainee.predict(experiment.features["test"], verbose=0)
+        else:  # the frozen backbone runs on every image in every epoch
+            models.set_trainable(model, "head")
+            _, probabilities = training.train_on_images(
+                model, splits, experiment.stage, experiment.job
+            )
         wall_s = time.perf_counter() - started
     return {
         "wall_s": wall_s,

@@ -123,6 +123,7 @@ def test_ema_run_ends_with_the_moving_average_of_its_weights(tmp_path):
     images, labels = tiny_data(32)
     model, raw = tiny_model(), RawKernels()
     stage = finetune_stage(learning_rate=0.05, use_ema=True, patience=5)
+    training.compile_model(model, stage, training.steps_per_epoch(len(images), stage))
     training.fit(
         model,
         images,
@@ -169,6 +170,7 @@ def finetune_all(model, train_bn: bool, tmp_path):
     images, labels = tiny_data(16)
     models.set_trainable(model, "all", train_bn=train_bn)
     stage = finetune_stage(learning_rate=1e-3)
+    training.compile_model(model, stage, training.steps_per_epoch(len(images), stage))
     training.fit(model, images, labels, images[:8], labels[:8], stage, training.Job(tmp_path))
 
 
@@ -234,7 +236,9 @@ def test_mixed_batches_mix_images_and_labels_and_reshuffle(mixing):
 def test_fit_trains_through_mixed_batches(tmp_path):
     images, labels = tiny_data(32)
     stage = finetune_stage(mixing="cutmix", randaugment=True, epochs=2, patience=5)
+    model = tiny_model()
+    training.compile_model(model, stage, training.steps_per_epoch(len(images), stage))
     history = training.fit(
-        tiny_model(), images, labels, images[:8], labels[:8], stage, training.Job(tmp_path)
+        model, images, labels, images[:8], labels[:8], stage, training.Job(tmp_path)
     )
     assert len(history) == 2 and np.isfinite(history["loss"]).all()

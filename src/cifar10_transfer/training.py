@@ -1,11 +1,12 @@
 """Training engine: the from-scratch baselines, the frozen-backbone head stage and
 fine-tuning, read top to bottom as single-device code.
 
-``run_experiment`` is what the CLI and the notebooks call: it sets up the device, seed and
-precision, loads the data, runs the experiment's stage (``train_on_images``, ``train_head``
-or ``fine_tune``, each over a ``Stage`` of settings read from the profile) and writes the
-run folder (``runs``). Placement on several devices or machines is one ``Placement``
-object (``distribute``).
+``Experiment`` is one experiment as the steps a reader follows: set-up (device, seed,
+precision, data), ``build``, ``set_trainable`` (freeze or unfreeze, then recompile), ``fit``
+with its callbacks, and ``evaluate``, which writes the run folder (``runs``). The notebooks
+show those steps one cell each; ``run_experiment`` (the CLI's) takes them in order. Each
+stage's settings are a ``Stage``, read from the profile. Placement on several devices or
+machines is one ``Placement`` object (``distribute``).
 """
 
 from __future__ import annotations
@@ -297,61 +298,77 @@ class MixedBatches(keras.utils.PyDataset):
         self.order = self.rng.permutation(len(self.images))
 
 
-def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job, seed: int = 0):
-    """Compile and fit one stage; return its history (one row per epoch).
+def steps_per_epoch(images: int, stage: Stage) -> int:
+    """Micro-batches per epoch: what the learning-rate schedule counts in."""
+    return int(np.ceil(images / stage.micro_batch_size))
+
+
+def stage_callbacks(stage: Stage, job: Job) -> list:
+    """What every ``fit`` runs with, in this order (the order matters where noted)."""
+    return [
+        keras.callbacks.TerminateOnNaN(),
+        # Resume: restores the model, optimizer and epoch after Ctrl-C or a killed process.
+        # Before SwapEMAWeights, so that it saves the trained weights, not their average.
+        AtomicBackupAndRestore(str(job.out_dir / "backup")),
+        # With EMA: validation, early stopping (whose best weights the model ends with)
+        # and the checkpoint all see the moving average of the weights.
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if stage.use_ema else []),
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", patience=stage.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ModelCheckpoint(
+            str(job.out_dir / "checkpoint.keras"), monitor="val_accuracy", save_best_only=True
+        ),
+        *(
+            [
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss",
+                    factor=PLATEAU_FACTOR,
+                    patience=PLATEAU_PATIENCE,
+                    min_lr=MIN_LEARNING_RATE,
+                )
+            ]
+            if stage.schedule == "plateau"
+            else []
+        ),
+        # Before CSVLogger, so that the learning rate reaches history.csv.
+        LearningRateLogger(),
+        keras.callbacks.CSVLogger(str(job.out_dir / HISTORY_PART), append=job.resume),
+        *job.callbacks,
+    ]
+
+
+HISTORY_PART = "history.part.csv"  # CSVLogger's file while a stage trains
+
+
+def fit(
+    model, x_train, y_train, x_val, y_val, stage: Stage, job: Job, seed: int = 0, callbacks=None
+):
+    """Fit one stage of a model compiled for it (``compile_model``, after any change to
+    ``trainable``); return its history (one row per epoch).
 
     ``stage.batch_size`` images make one optimizer update; with
     ``stage.gradient_accumulation_steps`` N they are fed as N micro-batches of batch_size / N,
     whose gradients are averaged. ``seed`` seeds the batch augmentation (MixedBatches).
+    ``callbacks``: default ``stage_callbacks(stage, job)``.
     """
-    micro_batch = stage.micro_batch_size
-    steps_per_epoch = int(np.ceil(len(x_train) / micro_batch))
-    compile_model(model, stage, steps_per_epoch)
+    if not model.compiled:
+        raise ValueError(f"{model.name}: compile it first (training.compile_model)")
     # On several machines each process feeds its own rows, micro_batch / processes at a time.
     x_train, y_train, x_val, y_val = job.placement.local(x_train, y_train, x_val, y_val)
-    batch_size = job.placement.local_batch(micro_batch)
+    batch_size = job.placement.local_batch(stage.micro_batch_size)
     train = {"x": x_train, "y": one_hot(y_train), "batch_size": batch_size, "shuffle": True}
     if stage.mixing != "none" or stage.randaugment:
         train = {"x": MixedBatches(x_train, train["y"], batch_size, stage, seed)}
-    part = job.out_dir / "history.part.csv"
     model.fit(
         **train,
         validation_data=(x_val, one_hot(y_val)),
         epochs=stage.epochs,
-        callbacks=[
-            keras.callbacks.TerminateOnNaN(),
-            # Resume: restores the model, optimizer and epoch after Ctrl-C or a killed process.
-            # Before SwapEMAWeights, so that it saves the trained weights, not their average.
-            AtomicBackupAndRestore(str(job.out_dir / "backup")),
-            # With EMA: validation, early stopping (whose best weights the model ends with)
-            # and the checkpoint all see the moving average of the weights.
-            *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if stage.use_ema else []),
-            keras.callbacks.EarlyStopping(
-                monitor="val_accuracy", patience=stage.patience, restore_best_weights=True
-            ),
-            keras.callbacks.ModelCheckpoint(
-                str(job.out_dir / "checkpoint.keras"), monitor="val_accuracy", save_best_only=True
-            ),
-            *(
-                [
-                    keras.callbacks.ReduceLROnPlateau(
-                        monitor="val_loss",
-                        factor=PLATEAU_FACTOR,
-                        patience=PLATEAU_PATIENCE,
-                        min_lr=MIN_LEARNING_RATE,
-                    )
-                ]
-                if stage.schedule == "plateau"
-                else []
-            ),
-            # Before CSVLogger, so that the learning rate reaches history.csv.
-            LearningRateLogger(),
-            keras.callbacks.CSVLogger(str(part), append=job.resume),
-            *job.callbacks,
-        ],
+        callbacks=stage_callbacks(stage, job) if callbacks is None else callbacks,
         verbose=1 if os.environ.get("CIFAR10_VERBOSE", "1") != "0" else 2,
     )
     # CSVLogger numbers epochs from 0 per stage; run_experiment renumbers across stages.
+    part = job.out_dir / HISTORY_PART
     history = pd.read_csv(part).drop(columns=["epoch"])
     part.unlink()
     return history
@@ -361,8 +378,9 @@ def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job, seed: int
 
 
 def train_on_images(model, splits, stage: Stage, job: Job):
-    """Fit on the images and predict the test set: a from-scratch baseline, or the head stage
-    without the feature cache. Returns (history, test_probabilities)."""
+    """Compile and fit on the images, predict the test set: the head stage without the
+    feature cache (benchmarks/feature_cache.py). Returns (history, test_probabilities)."""
+    compile_model(model, stage, steps_per_epoch(len(splits.x_train), stage))
     history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, stage, job)
     return history, job.placement.predict(model, splits.x_test, stage.batch_size)
 
@@ -438,49 +456,6 @@ def _features_key(profile: config.Profile, splits) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_head(model, splits, profile: config.Profile, job: Job, cache_features: bool = True):
-    """Head stage with the backbone frozen. Returns (history, test_probabilities).
-
-    With ``cache_features`` the backbone runs once per image and the head trains on the
-    stored features: the same head weights drop into ``model`` unchanged. Without it the
-    frozen backbone runs every epoch (needed only when augmenting in this stage).
-    """
-    stage, placement = Stage.of(profile, "head"), job.placement
-    models.set_trainable(model, "head")
-    if not cache_features:
-        return train_on_images(model, splits, stage, job)
-    cache_file = (
-        config.RUNS_DIR
-        / "features"
-        / f"{profile.backbone}-{profile.image_size}px-{_features_key(profile, splits)}.npz"
-    )
-    features = cached_features(model, splits, cache_file, stage.batch_size, placement)
-    head = model.get_layer("head")
-    history = fit(
-        head, features["train"], splits.y_train, features["val"], splits.y_val, stage, job
-    )
-    return history, placement.predict(head, features["test"], stage.batch_size)
-
-
-def fine_tune(model, splits, profile: config.Profile, job: Job) -> pd.DataFrame:
-    """Unfreeze per ``profile.unfreeze`` (recompiling each time) and fit with augmentation."""
-    stage = Stage.of(profile, "finetune")
-    if profile.unfreeze == "gradual":
-        steps = models.gradual_steps(len(model.get_layer("backbone").layers))
-        stage = dataclasses.replace(stage, epochs=max(stage.epochs // len(steps), 1))
-    else:
-        steps = [profile.unfreeze]
-    histories = []
-    for index, unfreeze in enumerate(steps):
-        models.set_trainable(model, unfreeze, train_bn=profile.train_bn)
-        step = dataclasses.replace(stage, learning_rate=stage.learning_rate * GRADUAL_DECAY**index)
-        x, y, x_val, y_val = splits.x_train, splits.y_train, splits.x_val, splits.y_val
-        history = fit(model, x, y, x_val, y_val, step, job, seed=profile.seed + index)
-        history["unfreeze"] = unfreeze
-        histories.append(history)
-    return pd.concat(histories, ignore_index=True)
-
-
 # ---------------------------------------------------------------- one experiment, end to end
 
 # The settings that shape a head run's model.keras (its structure, weights and data): a
@@ -530,6 +505,225 @@ def check_prerequisite(prerequisite_dir: Path, profile: config.Profile, splits) 
         )
 
 
+class Experiment:
+    """One experiment in the steps a reader follows; ``run_experiment`` takes them in order,
+    and notebooks 02-04 show them one cell each::
+
+        experiment = training.Experiment("finetune", profile, splits=splits)
+        model = experiment.build()        # new, or (fine-tuning) the head run's model
+        experiment.set_trainable()        # freeze / unfreeze per the profile, then recompile
+        experiment.callbacks              # what fit() runs with
+        history = experiment.fit()
+        metrics = experiment.evaluate()   # test set; writes the run folder
+
+    Every setting is checked when it is created, before any work: no half-made run folder,
+    no late failure. ``data`` is the CIFAR-10 source (``data.load_cifar10``); ``splits``
+    (``data.make_splits``) skips loading; ``callbacks`` are extra Keras callbacks.
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        profile: config.Profile,
+        data=None,
+        out_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        devices=None,
+        splits=None,
+        callbacks=(),
+    ):
+        self.spec = spec = config.experiment(experiment)
+        config.check(profile)
+        if spec.stage != "baseline":
+            models.check_profile(profile, fine_tuning=spec.stage == "finetune")
+        self.profile, self.devices = profile, devices
+        self.stage = Stage.of(profile, spec.stage)
+        self.out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
+        self.started = time.perf_counter()
+        # First: on several machines this joins the cluster, which must precede any JAX device
+        # use. The devices split each fit() step's micro-batch.
+        self.placement = distribute.setup(devices, self.stage.micro_batch_size)
+        if (
+            profile.gradient_accumulation_steps > 1
+            and self.placement.device_count > 1
+            and keras.backend.backend() == "tensorflow"
+        ):
+            # Keras accumulates inside a conditional, which MirroredStrategy cannot
+            # synchronise across devices ("merge_call called while defining a new graph").
+            raise ValueError(
+                f"gradient_accumulation_steps={profile.gradient_accumulation_steps} with "
+                f"{self.placement.device_count} devices needs KERAS_BACKEND=jax: TensorFlow's "
+                "MirroredStrategy does not support Keras's gradient accumulation; use 1 step or "
+                "one device"
+            )
+        hardware.check_accelerator(profile)
+        set_seed(profile.seed)
+        self.precision = hardware.configure_precision(profile.precision)
+        self.splits = datasets.load_splits(profile, data) if splits is None else splits
+        self.placement.check_splits(self.splits)
+        self.job = Job(
+            self.placement.work_dir(self.out_dir), resume, tuple(callbacks), self.placement
+        )
+        self.prerequisite_dir = self.out_dir.parent / (spec.prerequisite or "")
+        if spec.prerequisite and (self.prerequisite_dir / "model.keras").exists():
+            check_prerequisite(self.prerequisite_dir, profile, self.splits)
+        runs.prepare(self.job.out_dir, resume)
+        if profile.unfreeze == "gradual":  # each unfreezing step trains a share of the epochs
+            self.stage = dataclasses.replace(
+                self.stage, epochs=max(self.stage.epochs // models.GRADUAL_STEPS, 1)
+            )
+        self.model = self.history = self.features = None
+        self.earlier = None  # the head run's history, before fine-tuning's
+        self.callbacks = stage_callbacks(self.stage, self.job)
+
+    @property
+    def trainee(self) -> keras.Model:
+        """What fit() trains: the head alone on cached features in the head stage."""
+        return self.model.get_layer("head") if self.spec.stage == "head" else self.model
+
+    def build(self) -> keras.Model:
+        """A new model (baselines, head stage), or the head run's for fine-tuning: trained
+        first, in view, when there is none."""
+        if self.spec.prerequisite:
+            if not self.placement.agree((self.prerequisite_dir / "model.keras").exists()):
+                print(
+                    f"{self.spec.name} starts from a {self.spec.prerequisite} run; none in "
+                    f"{self.prerequisite_dir}: training it first",
+                    flush=True,
+                )
+                run_experiment(
+                    self.spec.prerequisite,
+                    self.profile,
+                    out_dir=self.prerequisite_dir,
+                    devices=self.devices,
+                    splits=self.splits,
+                )
+            print(f"starting from {self.prerequisite_dir / 'model.keras'}", flush=True)
+            self.earlier = pd.read_csv(self.prerequisite_dir / "history.csv")
+            with self.placement.scope():
+                self.model = runs.load_model(self.prerequisite_dir / "model.keras")
+        else:
+            with self.placement.scope():
+                self.model = models.build(self.spec, self.profile)
+        return self.model
+
+    def set_trainable(self, unfreeze: str | None = None, learning_rate: float | None = None):
+        """Freeze or unfreeze (head stage: backbone frozen; fine-tuning: ``unfreeze``, default
+        the profile's), then recompile: Keras reads ``trainable`` when compiling. Returns
+        ``models.trainable_table`` of the model."""
+        if self.spec.stage == "head":
+            models.set_trainable(self.model, "head")
+        elif self.spec.stage == "finetune":
+            unfreeze = unfreeze or self._unfreeze_steps()[0]
+            models.set_trainable(self.model, unfreeze, train_bn=self.profile.train_bn)
+        stage = self.stage
+        if learning_rate is not None:
+            stage = dataclasses.replace(stage, learning_rate=learning_rate)
+        with self.placement.scope():
+            compile_model(self.trainee, stage, steps_per_epoch(len(self.splits.x_train), stage))
+        return models.trainable_table(self.model)
+
+    def _unfreeze_steps(self) -> list[str]:
+        if self.profile.unfreeze == "gradual":
+            return models.gradual_steps(len(self.model.get_layer("backbone").layers))
+        return [self.profile.unfreeze]
+
+    def fit(self) -> pd.DataFrame:
+        """Train this stage; returns its history. The head stage runs the frozen backbone
+        once per image and trains the head on those features (``cached_features``)."""
+        splits, stage, job = self.splits, self.stage, self.job
+        with self.placement.scope():
+            if self.spec.stage == "head":
+                self.features = self.head_features()
+                features = self.features
+                history = fit(
+                    self.trainee, features["train"], splits.y_train, features["val"],
+                    splits.y_val, stage, job, callbacks=self.callbacks,
+                )  # fmt: skip
+            elif self.spec.stage == "baseline":
+                x, y, x_val, y_val = splits.x_train, splits.y_train, splits.x_val, splits.y_val
+                history = fit(self.model, x, y, x_val, y_val, stage, job, callbacks=self.callbacks)
+            else:
+                history = self._fine_tune()
+        history["stage"] = self.spec.stage
+        self.history = history
+        return history
+
+    def _fine_tune(self) -> pd.DataFrame:
+        """Fine-tuning; ``unfreeze=gradual`` unfreezes more in steps, each at half the
+        previous learning rate and recompiled."""
+        steps, stage = self._unfreeze_steps(), self.stage
+        histories = []
+        splits = self.splits
+        for index, unfreeze in enumerate(steps):
+            step = dataclasses.replace(
+                stage, learning_rate=stage.learning_rate * GRADUAL_DECAY**index
+            )
+            if index:
+                self.set_trainable(unfreeze, step.learning_rate)
+            history = fit(
+                self.model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, step,
+                self.job, seed=self.profile.seed + index,
+                callbacks=self.callbacks if index == 0 else stage_callbacks(step, self.job),
+            )  # fmt: skip
+            history["unfreeze"] = unfreeze
+            histories.append(history)
+        return pd.concat(histories, ignore_index=True)
+
+    def head_features(self) -> dict:
+        """The frozen backbone's pooled features of every split, cached on disk."""
+        profile, splits = self.profile, self.splits
+        cache_file = (
+            config.RUNS_DIR
+            / "features"
+            / f"{profile.backbone}-{profile.image_size}px-{_features_key(profile, splits)}.npz"
+        )
+        return cached_features(
+            self.model, splits, cache_file, self.stage.batch_size, self.placement
+        )
+
+    def evaluate(self) -> dict:
+        """Predict the test set (after fine-tuning also with flipped copies), write the run
+        folder (model, history, predictions, metrics.json) and return the metrics."""
+        splits, stage, placement = self.splits, self.stage, self.placement
+        extra = {"batch_size": stage.batch_size}  # a baseline's is baseline_batch_size
+        with placement.scope():
+            if self.spec.stage == "head":
+                probabilities = placement.predict(
+                    self.trainee, self.features["test"], stage.batch_size
+                )
+            else:
+                probabilities = placement.predict(self.model, splits.x_test, stage.batch_size)
+            if self.spec.stage == "finetune":
+                tta = evaluation.predict_with_tta(
+                    placement.predictor(self.model),
+                    splits.x_test,
+                    batch_size=stage.batch_size,
+                    probabilities=probabilities,
+                )
+                extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
+        history = self.history
+        if self.earlier is not None:
+            earlier = self.earlier.drop(columns=["epoch"])
+            history = pd.concat([earlier, history], ignore_index=True)
+        history.insert(0, "epoch", range(1, len(history) + 1))
+        metrics = runs.record(
+            self.spec,
+            self.profile,
+            splits,
+            probabilities,
+            history,
+            wall_time_s=time.perf_counter() - self.started,
+            precision=self.precision,
+            device_count=placement.device_count,
+            extra=extra,
+        )
+        if placement.is_chief:
+            runs.write(self.out_dir, self.model, history, splits.y_test, probabilities, metrics)
+        placement.finish(self.job.out_dir)
+        return metrics
+
+
 def run_experiment(
     experiment: str,
     profile: config.Profile,
@@ -541,95 +735,9 @@ def run_experiment(
     callbacks=(),
 ) -> dict:
     """Train ``experiment`` with ``profile`` (``config.profile(...)``) end to end, write its
-    run folder and return metrics.json's dict.
-
-    ``data`` is the CIFAR-10 source (see ``data.load_cifar10``); ``splits`` (from
-    ``data.make_splits``) skips loading; ``callbacks`` are extra Keras callbacks.
-    """
-    spec = config.experiment(experiment)
-    # Every setting is checked before any work: no half-made run folder, no late failure.
-    config.check(profile)
-    if spec.stage != "baseline":
-        models.check_profile(profile, fine_tuning=spec.stage == "finetune")
-    stage = Stage.of(profile, spec.stage)
-    out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
-    started = time.perf_counter()
-    # First: on several machines this joins the cluster, which must precede any JAX device use.
-    # The devices split each fit() step's micro-batch.
-    placement = distribute.setup(devices, stage.micro_batch_size)
-    if (
-        profile.gradient_accumulation_steps > 1
-        and placement.device_count > 1
-        and keras.backend.backend() == "tensorflow"
-    ):
-        # Keras accumulates inside a conditional, which MirroredStrategy cannot synchronise
-        # across devices ("merge_call called while defining a new graph").
-        raise ValueError(
-            f"gradient_accumulation_steps={profile.gradient_accumulation_steps} with "
-            f"{placement.device_count} devices needs KERAS_BACKEND=jax: TensorFlow's "
-            "MirroredStrategy does not support Keras's gradient accumulation; use 1 step or "
-            "one device"
-        )
-    hardware.check_accelerator(profile)
-    set_seed(profile.seed)
-    precision = hardware.configure_precision(profile.precision)
-    if splits is None:
-        splits = datasets.load_splits(profile, data)
-    placement.check_splits(splits)
-    job = Job(placement.work_dir(out_dir), resume, tuple(callbacks), placement)
-    prerequisite_dir = out_dir.parent / (spec.prerequisite or "")
-    if spec.prerequisite and (prerequisite_dir / "model.keras").exists():
-        check_prerequisite(prerequisite_dir, profile, splits)
-    runs.prepare(job.out_dir, resume)
-    if spec.prerequisite and not placement.agree((prerequisite_dir / "model.keras").exists()):
-        print(
-            f"{experiment} starts from a {spec.prerequisite} run; none in "
-            f"{prerequisite_dir}: training it first",
-            flush=True,
-        )
-        run_experiment(
-            spec.prerequisite, profile, out_dir=prerequisite_dir, devices=devices, splits=splits
-        )
-
-    # What the run trained with (a baseline's batch is baseline_batch_size, not batch_size).
-    extra = {"batch_size": stage.batch_size}
-    with placement.scope():
-        if spec.stage == "baseline":
-            model = models.build(spec, profile)
-            history, probabilities = train_on_images(model, splits, stage, job)
-            history["stage"] = spec.stage
-        elif spec.stage == "head":
-            model = models.build(spec, profile)
-            history, probabilities = train_head(model, splits, profile, job)
-            history["stage"] = spec.stage
-        else:
-            model = runs.load_model(prerequisite_dir / "model.keras")
-            earlier = pd.read_csv(prerequisite_dir / "history.csv").drop(columns=["epoch"])
-            history = fine_tune(model, splits, profile, job)
-            history["stage"] = spec.stage
-            history = pd.concat([earlier, history], ignore_index=True)
-            probabilities = placement.predict(model, splits.x_test, stage.batch_size)
-            tta = evaluation.predict_with_tta(
-                placement.predictor(model),
-                splits.x_test,
-                batch_size=stage.batch_size,
-                probabilities=probabilities,
-            )
-            extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
-    history.insert(0, "epoch", range(1, len(history) + 1))
-
-    metrics = runs.record(
-        spec,
-        profile,
-        splits,
-        probabilities,
-        history,
-        wall_time_s=time.perf_counter() - started,
-        precision=precision,
-        device_count=placement.device_count,
-        extra=extra,
-    )
-    if placement.is_chief:
-        runs.write(out_dir, model, history, splits.y_test, probabilities, metrics)
-    placement.finish(job.out_dir)
-    return metrics
+    run folder and return metrics.json's dict: the steps of ``Experiment``, in order."""
+    run = Experiment(experiment, profile, data, out_dir, resume, devices, splits, callbacks)
+    run.build()
+    run.set_trainable()
+    run.fit()
+    return run.evaluate()
