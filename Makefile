@@ -12,7 +12,7 @@ SET ?=
 DATA ?=
 SEEDS ?= 1
 
-.PHONY: venv test lint reproduce bench gpu-suite gpu-bundle presentation demo screenshot clean
+.PHONY: venv test lint reproduce reproduce-ratio bench gpu-suite gpu-bundle presentation demo screenshot clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,23 @@ reproduce: $(INSTALLED)
 		$(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(PRECISION),--precision $(PRECISION)) $(if $(DATA),--data $(DATA)) \
 		$(foreach setting,$(SET),--set $(setting)) --seeds $(SEEDS)
+
+BASE ?= 3755db2
+RATIO_DIR ?= /tmp/cifar10-reproduce-ratio
+# make reproduce-ratio [BASE=commit] [DATA=...]: a one-seed make reproduce of this checkout,
+# then of BASE (default: the last commit before the current recipe), one after the other,
+# each into its own output root with cold caches; then benchmarks/reproduce_ratio.py.
+reproduce-ratio: $(INSTALLED)
+	rm -rf $(RATIO_DIR) && mkdir -p $(RATIO_DIR)
+	git worktree add -q --detach $(RATIO_DIR)/base $(BASE)
+	CIFAR10_TRANSFER_ROOT=$(RATIO_DIR)/new KERAS_HOME=$(RATIO_DIR)/new/keras \
+		$(PY) -m cifar10_transfer reproduce --profile quick $(if $(DATA),--data $(abspath $(DATA)))
+	CIFAR10_TRANSFER_ROOT=$(RATIO_DIR)/old KERAS_HOME=$(RATIO_DIR)/old/keras \
+		PYTHONPATH=$(RATIO_DIR)/base/src \
+		$(PY) -m cifar10_transfer reproduce --profile quick $(if $(DATA),--data $(abspath $(DATA)))
+	git worktree remove --force $(RATIO_DIR)/base
+	$(PY) benchmarks/reproduce_ratio.py --new $(RATIO_DIR)/new --old $(RATIO_DIR)/old
+	$(PY) benchmarks/summarize.py
 
 # make bench: the CPU-sized benchmarks (throughput vs plain PyTorch, feature cache, time to
 # accuracy) and the generated table in benchmarks/README.md. GPU sizes: see benchmarks/README.md.

@@ -150,6 +150,24 @@ def demo_load_row(r: dict) -> dict:
     }
 
 
+def minutes_at(run: dict) -> str:
+    return f"{run['one_seed_seconds'] / 60:.1f} min ({run['git_commit']})"
+
+
+def reproduce_ratio_row(r: dict) -> dict:
+    new, old = r["new"], r["old"]
+    return {
+        "Profile": r["profile"],
+        "Device": r["device"],
+        "One seed, this recipe": minutes_at(new),
+        "One seed, replaced recipe": minutes_at(old),
+        "Ratio": f"{r['ratio']:.2f}x",
+        "Goals (<= 2x, <= 20 min)": "met" if r["goals_met"] else "not met",
+        "Fine-tuned test acc.": f"{percent(new['finetune_test_accuracy'])} / "
+        f"{percent(old['finetune_test_accuracy'])}",
+    }
+
+
 # benchmark -> (title, its columns of one result)
 TABLES = {
     "compare": (
@@ -167,6 +185,11 @@ TABLES = {
         feature_cache_row,
     ),
     "time_to_accuracy": ("Time to a test accuracy, full fine-tuning", time_to_accuracy_row),
+    "reproduce_ratio": (
+        "One-seed make reproduce (notebooks 01-05, cold caches) against the recipe it replaced, "
+        "run one after the other on the same machine",
+        reproduce_ratio_row,
+    ),
     "demo_load": (
         "The upload demo under load (benchmarks/demo_load.py): latency per request (upload, "
         "predict, preview download), errors, the server's resident memory",
@@ -184,10 +207,10 @@ ROOT_README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def row(name: str, result: dict, columns, folder: str = "results") -> dict:
-    if columns is demo_load_row:  # a served model, not a training set-up
+    if columns in (demo_load_row, reproduce_ratio_row):  # not one training set-up
         return {
             **columns(result),
-            "Date": result["timestamp"][:10],
+            "Date": (result.get("timestamp") or result["new"]["timestamp"])[:10],
             "File": f"[json]({folder}/{name})",
         }
     return {
@@ -227,7 +250,11 @@ def summary(results_dir: Path) -> str:
 
 
 # The project README shows these tables too, between <!-- marker:start/end --> lines.
-ROOT_TABLES = {"memory": "memory", "demo_load": "demo-load"}  # benchmark -> marker
+ROOT_TABLES = {  # benchmark -> marker
+    "memory": "memory",
+    "demo_load": "demo-load",
+    "reproduce_ratio": "reproduce-time",
+}
 
 
 def root_summary(results_dir: Path, benchmark: str) -> str:

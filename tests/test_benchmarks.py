@@ -315,6 +315,7 @@ def test_memory_reports_xla_sizes_per_micro_batch_and_renders_a_table(tmp_path):
     memory_readme.write_text(
         "gpu\n<!-- memory:start -->\n<!-- memory:end -->\n"
         "demo\n<!-- demo-load:start -->\n<!-- demo-load:end -->\n"
+        "time\n<!-- reproduce-time:start -->\n<!-- reproduce-time:end -->\n"
     )
     subprocess.run(
         [

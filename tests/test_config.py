@@ -25,7 +25,7 @@ QUICK_RECIPE = {
     "batch_size": 64,
     "head_epochs": 15,
     "head_learning_rate": 1e-3,
-    "finetune_epochs": 6,
+    "finetune_epochs": 5,
     "finetune_learning_rate": 1e-4,
     "unfreeze": "stage:block2",
     "lr_schedule": "cosine",
@@ -102,6 +102,7 @@ PROFILE_CHANGES = {
         "train_size": None,
         "backbone": "efficientnet_lite0",
         "image_size": 160,
+        "finetune_epochs": 6,
         "early_stopping_patience": 6,
     },
 }

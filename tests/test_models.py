@@ -41,7 +41,9 @@ def test_build_makes_a_baseline_experiment_from_its_builder(name, augment):
     assert model.name == expected.name == name
     assert model.count_params() == expected.count_params()
     layer_names = [layer.name for layer in model.layers]
-    assert ("augmentation" in layer_names) == augment
+    # The two simple baselines train as in the write-ups, without augmentation.
+    assert ("augmentation" in layer_names) == (augment and name == "baseline_cnn")
+    assert spec.augments == (name == "baseline_cnn")
 
 
 def test_build_makes_the_head_experiment_a_transfer_model_of_the_profile():

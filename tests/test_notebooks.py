@@ -22,10 +22,12 @@ def _code_cells(path):
 
 
 def _python(source: str) -> str:
-    # IPython magics (%pip) are not Python; they only install the package in Colab.
+    # IPython magics (%pip) and shell lines (!git) are not Python; they only run in Colab.
     lines = source.splitlines()
     return "\n".join(
-        line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith("%") else line
+        line[: len(line) - len(line.lstrip())] + "pass"
+        if line.lstrip()[:1] in "%!" and line.strip()
+        else line
         for line in lines
     )
 
@@ -71,11 +73,22 @@ def test_a_failing_cell_is_reported_by_notebook_cell_and_error(tmp_path):
     }
     path = tmp_path / "99_failing.ipynb"
     nbformat.write(failing, path)
+    committed = tmp_path / "out" / "99_failing.ipynb"  # an executed copy from an earlier run
+    committed.parent.mkdir()
+    committed.write_text("the committed copy")
     # Cell 3 of the executed notebook: papermill injects its parameters cell after cell 1.
     with pytest.raises(
         reproduce.NotebookError, match=r"99_failing.ipynb failed in cell 3: ValueError: boom"
     ):
         reproduce.run_notebooks({"x": 2}, tmp_path / "out", notebooks=[path])
+    # The committed copy stays; the failed run is kept beside it, nothing half-written.
+    assert committed.read_text() == "the committed copy"
+    failed = nbformat.read(tmp_path / "out" / "99_failing.failed.ipynb", as_version=4)
+    assert "boom" in json.dumps(failed.cells[-1].outputs)
+    assert sorted(p.name for p in committed.parent.iterdir()) == [
+        "99_failing.failed.ipynb",
+        "99_failing.ipynb",
+    ]
 
 
 class NotebooksStarted(Exception):

@@ -56,6 +56,10 @@ FIGURES = {
         evaluation.expected_calibration_error(LABELS, PROBABILITIES),
         path=path,
     ),
+    "resolution_examples": lambda path: plots.resolution_examples(IMAGES[:3], 96, path=path),
+    "image_prediction": lambda path: plots.image_prediction(
+        np.zeros((300, 400, 3), np.uint8), IMAGES[0], PROBABILITIES[0], path=path
+    ),
     "comparison": lambda path: plots.comparison_bars(
         {"baseline CNN": 0.12, "Lite0 head": 0.85, "Lite0 fine-tuned": 0.9}, path=path
     ),
@@ -177,3 +181,16 @@ def test_comparison_draws_the_spread_over_seeds_only_where_there_is_one(prior_as
     widths = sorted(round(abs(s[1][0] - s[0][0]) / 2, 4) for s in drawn)
     assert widths == [0.0009, 0.0088]
     assert "error bars: ±1 standard deviation" in axis.get_xlabel()
+
+
+def test_image_prediction_shows_the_top_classes_best_first(tmp_path):
+    probabilities = np.full(config.NUM_CLASSES, 0.02)
+    probabilities[[3, 7]] = 0.5, 0.34
+    figure = plots.image_prediction(
+        IMAGES[0], IMAGES[0], probabilities, top_k=3, path=tmp_path / "p.png"
+    )
+    bars = figure.axes[2]
+    shown = [label.get_text() for label in bars.get_yticklabels()]
+    assert shown[:2] == [config.CLASS_NAMES[3], config.CLASS_NAMES[7]] and len(shown) == 3
+    with pytest.raises(ValueError, match="one value per class"):
+        plots.image_prediction(IMAGES[0], IMAGES[0], probabilities[:4], path=tmp_path / "q.png")

@@ -140,6 +140,12 @@ def summary(dataset: CIFAR10) -> dict:
     }
 
 
+def one_per_class(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The index of one random image of each class, in class order (for figures)."""
+    rng = np.random.default_rng(seed)
+    return np.array([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+
+
 def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """``size`` shuffled indices into ``labels``, each class in proportion to its count.
 

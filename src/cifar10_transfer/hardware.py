@@ -106,6 +106,20 @@ def has_accelerator() -> bool:
     return any(not device.startswith("cpu") for device in list_devices())
 
 
+AUTO_PROFILES = {"cpu": "quick", "gpu": "paper"}  # profile="auto": the design's on a GPU
+
+
+def choose_profile(name: str = "auto") -> tuple[str, str]:
+    """``auto``: ``quick`` on a CPU, ``paper`` (the design's ResNet-50 on a 10k subset) where
+    a GPU is found; any other profile name as it is. Returns (profile name, why)."""
+    if name != "auto":
+        config.profile(name)  # an unknown name fails here, with the known ones
+        return name, "chosen by name"
+    if has_accelerator():
+        return AUTO_PROFILES["gpu"], f"auto: a GPU was found ({device_name()})"
+    return AUTO_PROFILES["cpu"], "auto: no GPU found, so the CPU profile"
+
+
 def cpu_throughput(backbone: str, results_dir: Path = CPU_MEASUREMENTS) -> dict | None:
     """The fastest CPU training throughput of ``backbone`` that benchmarks/throughput.py (alone
     or within compare.py) wrote to ``results_dir``; None without one.

@@ -117,3 +117,12 @@ def thumbnail(source: str | os.PathLike, side: int = 512) -> np.ndarray:
         image = to_rgb(ImageOps.exif_transpose(image))
         image.thumbnail((side, side))
         return np.asarray(image)
+
+
+def save_png(pixels: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an RGB ``uint8`` array as a PNG (a temporary file, then renamed); return its path."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(temporary, format="PNG")
+    os.replace(temporary, path)
+    return path

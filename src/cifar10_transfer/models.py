@@ -12,6 +12,7 @@ import os
 
 import keras
 import numpy as np
+import pandas as pd
 from keras import layers
 
 from cifar10_transfer import config, efficientnet_lite
@@ -271,7 +272,8 @@ def build(experiment: config.Experiment, profile: config.Profile) -> keras.Model
     settings: a baseline by its builder's name, or ``build_transfer_model``."""
     if experiment.builder == "build_transfer_model":
         return build_transfer_model(profile)
-    return BASELINES[experiment.builder](augment=profile.baseline_augment, seed=profile.seed)
+    augment = profile.baseline_augment and experiment.augments
+    return BASELINES[experiment.builder](augment=augment, seed=profile.seed)
 
 
 # ---------------------------------------------------------------- transfer model
@@ -521,13 +523,46 @@ def set_trainable(model: keras.Model, unfreeze: str, train_bn: bool = False) -> 
     return len(model.trainable_weights)
 
 
+def _parameters(weights) -> int:
+    return int(sum(np.prod(weight.shape) for weight in weights))
+
+
+def trainable_table(model: keras.Model) -> pd.DataFrame:
+    """Parameters per part of ``model`` and how many of them train: each top-level layer with
+    weights, the backbone split by stage (its layer names' first part: stem, block1, ...,
+    or conv1, ..., conv5). What ``set_trainable`` changed, readable at a glance."""
+    rows = []
+    for layer in model.layers:
+        parts = [layer]
+        if layer.name == "backbone":
+            groups: dict[str, list] = {}
+            for inner in layer.layers:
+                groups.setdefault(inner.name.split("_")[0], []).append(inner)
+            parts = list(groups.items())
+        for part in parts:
+            name, members = part if isinstance(part, tuple) else (part.name, [part])
+            total = _parameters(w for member in members for w in member.weights)
+            if total:
+                trainable = _parameters(w for m in members for w in m.trainable_weights)
+                prefix = "backbone " if isinstance(part, tuple) else ""
+                rows.append({"part": prefix + name, "parameters": total, "trainable": trainable})
+    table = pd.DataFrame(rows)
+    table["trains"] = np.select(
+        [table["trainable"] == table["parameters"], table["trainable"] > 0], ["all", "part"], "no"
+    )
+    return table
+
+
 def _positive_int(text: str, unfreeze: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise ValueError(f"unfreeze {unfreeze!r}: N must be a positive integer")
     return int(text)
 
 
-def gradual_steps(total_layers: int, step: int = 5, steps: int = 4) -> list[str]:
+GRADUAL_STEPS = 4  # gradual unfreezing: how many times it unfreezes more
+
+
+def gradual_steps(total_layers: int, step: int = 5, steps: int = GRADUAL_STEPS) -> list[str]:
     """Gradual unfreezing: top 5, 10, 15, 20 layers (each stage at a lower learning rate)."""
     return [f"top:{min(step * (i + 1), total_layers)}" for i in range(steps)]
 

@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from cifar10_transfer import config, fileio  # noqa: E402
 from cifar10_transfer.evaluation import check_labels, normalize_rows, percent  # noqa: E402
@@ -249,6 +250,31 @@ def augmentation_examples(images, augment, n_variants: int = 5, path=None):
         axes[0, column].set_title(f"augmented {column}", fontsize=11, fontweight="normal")
     _grid_title(figure, "Training augmentation: the same images, random transforms")
     return _save(figure, path, "augmentation_examples.png")
+
+
+@_styled
+def resolution_examples(images, image_size: int, path=None):
+    """What 32x32 holds: each image (a row) as stored, resized to ``image_size`` px as the
+    transfer models do inside (bilinear: smoother, with no new detail), and shrunk to 16 and
+    8 px, where even the coarse shapes go."""
+    images = _check_images(images)
+    # (title, side in px, resampling): bilinear as the model's Resizing layer, box to shrink
+    columns = [
+        ("stored, 32x32", 32, Image.Resampling.NEAREST),
+        (f"resized to {image_size} px", image_size, Image.Resampling.BILINEAR),
+        ("16x16", 16, Image.Resampling.BOX),
+        ("8x8", 8, Image.Resampling.BOX),
+    ]
+    figure, axes = _image_grid(len(images), len(columns), cell=1.8, top=0.8)
+    for row, pixels in enumerate(images):
+        for column, (_, side, resample) in enumerate(columns):
+            shown = Image.fromarray(pixels).resize((side, side), resample)
+            # Nearest neighbour on screen: every pixel stays visible as a block.
+            axes[row, column].imshow(np.asarray(shown), interpolation="nearest")
+    for column, (title, _, _) in enumerate(columns):
+        axes[0, column].set_title(title, fontsize=12, fontweight="normal")
+    _grid_title(figure, "What 32x32 pixels hold, and what resizing adds (nothing)")
+    return _save(figure, path, "resolution.png")
 
 
 # ---------------------------------------------------------------- training
@@ -652,3 +678,37 @@ def comparison_bars(
     if title != "":
         axis.set_title(title or "Test accuracy: our experiments vs prior work")
     return _save(figure, path, "comparison.png")
+
+
+@_styled
+def image_prediction(
+    original, pixels, probabilities, class_names=config.CLASS_NAMES, top_k: int = 5, path=None
+):
+    """One photo classified: the photo (``original``: an RGB array, e.g. ``imaging.thumbnail``),
+    the 32x32 input the model saw (``pixels``: ``imaging.load_image``, as in the demo), and the
+    ``top_k`` class probabilities."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.shape != (len(class_names),):
+        raise ValueError(
+            f"probabilities must have one value per class ({len(class_names)}), "
+            f"got shape {probabilities.shape}"
+        )
+    order = np.argsort(probabilities)[::-1][:top_k]
+    figure, axes = plt.subplots(
+        1, 3, figsize=(13, 4), width_ratios=[1, 1, 1.4], layout="constrained"
+    )
+    axes[0].imshow(_as_image(original))
+    axes[0].set_title("Your image")
+    # Nearest neighbour: every one of the 32x32 pixels stays visible as a block.
+    axes[1].imshow(_check_images(np.asarray(pixels)[None])[0], interpolation="nearest")
+    axes[1].set_title("What the model sees (32x32)")
+    for axis in axes[:2]:
+        axis.axis("off")
+    names = [class_names[index] for index in order]
+    bars = axes[2].barh(names, probabilities[order], color=OURS_COLOR, height=0.7)
+    axes[2].bar_label(bars, labels=[percent(p) for p in probabilities[order]], padding=4)
+    axes[2].invert_yaxis()
+    axes[2].set_xlim(0, 1.15)
+    axes[2].xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axes[2].set_title(f"Top {top_k} classes")
+    return _save(figure, path, "image_prediction.png")

@@ -68,6 +68,9 @@ def published_metrics(results_dir: str | os.PathLike) -> list[dict]:
     return [fileio.read_json(path) for path in paths]
 
 
+NO_COMMIT = "none (not a git checkout)"
+
+
 def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per experiment published under ``results_dir``, in experiment order, with
     the mean and sample standard deviation over its seeds (std is NaN for one seed)."""
@@ -91,7 +94,8 @@ def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
                 "device": metrics.get("device"),
                 "backend": metrics.get("backend"),
                 "seed": metrics.get("seed"),
-                "git_commit": metrics.get("git_commit"),
+                # None: the code ran from an installed copy, not a git checkout
+                "git_commit": metrics.get("git_commit") or NO_COMMIT,
             }
         )
     if not rows:
@@ -277,6 +281,35 @@ def profiles_markdown(results_root=None) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
+def notebook_times_markdown(results_root=None) -> str:
+    """The README's minutes per notebook and profile, from each profile's committed
+    ``make reproduce`` (results/<profile>/notebooks/timings.json) and its device."""
+    results_root = Path(results_root or config.RESULTS_DIR)
+    columns = {}
+    for name, profile in config.PROFILES.items():
+        folder = results_root / name
+        try:
+            seconds = fileio.read_json(folder / "notebooks" / "timings.json")["seconds"]
+            device = fileio.read_json(folder / "finetune" / "metrics.json")["device"]
+        except (OSError, ValueError, KeyError, TypeError):
+            where = "a GPU" if profile.needs_accelerator else "a CPU"
+            columns[f"`{name}`"] = {
+                nb: f"not measured yet ({where})" for nb in reproduce_notebooks()
+            }
+            continue
+        columns[f"`{name}` ({device})"] = {
+            nb: f"{seconds[nb] / 60:.1f} min" if nb in seconds else "–"
+            for nb in reproduce_notebooks()
+        }
+    return pd.DataFrame(columns).rename_axis("notebook").reset_index().to_markdown(index=False)
+
+
+def reproduce_notebooks() -> tuple[str, ...]:
+    from cifar10_transfer import reproduce  # reproduce imports this module
+
+    return reproduce.NOTEBOOKS
+
+
 def refresh_tables(results_root=None, readme=None) -> list[str]:
     """Regenerate every results table from its files: ``summary.json``/``results.md`` of each
     ``results/<profile>/`` with runs, and the README's tables between their markers
@@ -296,6 +329,9 @@ def refresh_tables(results_root=None, readme=None) -> list[str]:
     if "<!-- profiles:start -->" in text:
         update_readme(profiles_markdown(results_root), readme, marker="profiles")
         done.append("profiles")
+    if "<!-- notebook-times:start -->" in text:
+        update_readme(notebook_times_markdown(results_root), readme, marker="notebook-times")
+        done.append("notebook times")
     trials = results_root / TRIALS_DIR
     if trials.is_dir() and "<!-- trials-quick:start -->" in text:
         update_readme(trials_markdown(trials), readme, marker="trials-quick")

@@ -11,7 +11,9 @@ Executed notebooks, and the seconds each step took (``timings.json``), are saved
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,12 +34,19 @@ class NotebookError(RuntimeError):
 
 # What the extra seeds train: the models the results table and the slides compare.
 SEED_EXPERIMENTS = ("baseline_cnn", "head", "finetune")
+# The kernels' environment: one line per epoch instead of a progress bar (kilobytes, not
+# megabytes, of executed notebook), and no TensorFlow start-up chatter (CUDA probing, oneDNN);
+# Python errors still surface.
+KERNEL_ENVIRONMENT = {"CIFAR10_VERBOSE": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=None) -> dict:
     """Execute ``notebooks`` (paths; default: 01-05) in order; stop at the first failing cell.
-    Returns ``timings`` (a dict) with the seconds of each notebook added."""
+    Each executed copy replaces the one in ``output_dir`` only when its notebook succeeded;
+    a failed one is kept beside it as ``<name>.failed.ipynb``. Returns ``timings`` (a dict)
+    with the seconds of each notebook added."""
     import papermill
+    from jupyter_client.manager import KernelManager
 
     output_dir.mkdir(parents=True, exist_ok=True)
     timings = {} if timings is None else timings
@@ -51,20 +60,30 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=No
             raise FileNotFoundError(f"{source}: notebook not found")
         print(f"[{name}] ...", flush=True)
         notebook_started = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(source),
-                str(target),
-                parameters=parameters,
-                cwd=str(config.NOTEBOOKS_DIR),
-                progress_bar=False,
-                kernel_name="python3",
+        partial, failed = target.with_suffix(".partial.ipynb"), target.with_suffix(".failed.ipynb")
+        with tempfile.TemporaryDirectory() as sockets:
+            # IPC sockets, not TCP: the kernel is local, and ipykernel warns about plain TCP.
+            transport = (
+                {"transport": "ipc", "ip": f"{sockets}/kernel"} if os.name == "posix" else {}
             )
-        except papermill.PapermillExecutionError as error:
-            raise NotebookError(
-                f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue} "
-                f"(executed notebook: {target})"
-            ) from None
+            kernel = KernelManager(kernel_name="python3", **transport)
+            try:
+                papermill.execute_notebook(
+                    str(source),
+                    str(partial),
+                    parameters=parameters,
+                    cwd=str(config.NOTEBOOKS_DIR),
+                    progress_bar=False,
+                    kernel_name="python3",
+                    km=kernel,
+                )
+            except papermill.PapermillExecutionError as error:
+                os.replace(partial, failed)
+                raise NotebookError(
+                    f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue} "
+                    f"(executed notebook: {failed})"
+                ) from None
+        os.replace(partial, target)
         elapsed = time.perf_counter() - notebook_started
         total = time.perf_counter() - started
         print(f"[{name}] done in {elapsed:.0f} s (total {total / 60:.1f} min)", flush=True)
@@ -86,13 +105,58 @@ def train_seeds(profile: config.Profile, seeds, data=None, devices=None) -> Path
             metrics = training.run_experiment(
                 experiment, seeded, data=data, out_dir=folder, devices=devices
             )
-            runs.publish_run(folder, results / str(seed))
+            runs.publish_run(folder, results / str(seed), predictions=False)
             print(
                 f"[seed {seed}] {experiment}: test accuracy "
                 f"{metrics['test_accuracy']:.2%} in {metrics['wall_time_s'] / 60:.1f} min",
                 flush=True,
             )
     return results
+
+
+def find_results(profile: config.Profile, data=None, devices=None) -> tuple[Path, str]:
+    """The results notebook 05 compares, and a sentence saying which they are. In order:
+    results/<profile>/ under this root (runs made here: notebooks 02-04 or make reproduce),
+    else the checkout's committed results/<profile>/, else none: then ``SEED_EXPERIMENTS``
+    are trained here, now, at ``profile`` (printing so) and published."""
+    from cifar10_transfer import runs, training
+
+    for folder in dict.fromkeys((config.RESULTS_DIR, config.COMMITTED_RESULTS)):
+        found = reports.published_metrics(folder / profile.name)
+        if found:
+            commits = sorted({metrics.get("git_commit") or reports.NO_COMMIT for metrics in found})
+            return folder / profile.name, (
+                f"{len(found)} published runs in {folder / profile.name}, made by commit(s) "
+                f"{', '.join(commits)}"
+            )
+    print(
+        f"no results of profile {profile.name!r} in {config.RESULTS_DIR} or committed: "
+        f"training {', '.join(SEED_EXPERIMENTS)} now",
+        flush=True,
+    )
+    results = config.RESULTS_DIR / profile.name
+    for experiment in SEED_EXPERIMENTS:
+        training.run_experiment(experiment, profile, data=data, devices=devices)
+        runs.publish_run(runs.run_dir(profile.name, experiment), results)
+    return results, f"runs trained just now by this notebook, in {results}"
+
+
+def expected_time(profile_name: str, notebook: str) -> str:
+    """What ``notebook`` took in the committed ``make reproduce`` of ``profile_name``
+    (results/<profile>/notebooks/timings.json), as a sentence."""
+    folder = config.COMMITTED_RESULTS / profile_name
+    try:
+        seconds = fileio.read_json(folder / "notebooks" / "timings.json")["seconds"][notebook]
+        device = fileio.read_json(folder / "finetune" / "metrics.json")["device"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return (
+            f"{notebook} has no measured time for profile {profile_name!r} yet "
+            f"(make reproduce PROFILE={profile_name} measures it)"
+        )
+    return (
+        f"{notebook} took {seconds / 60:.1f} min in the committed make reproduce of "
+        f"{profile_name!r} on {device}"
+    )
 
 
 def reproduce(
@@ -127,6 +191,8 @@ def reproduce(
     }
     results_dir = config.RESULTS_DIR / profile_name
     notebooks_dir = results_dir / "notebooks"
+    for variable, value in KERNEL_ENVIRONMENT.items():
+        os.environ.setdefault(variable, value)  # the kernels inherit it
     started = time.perf_counter()
     paths = [config.NOTEBOOKS_DIR / name for name in NOTEBOOKS]
     timings = run_notebooks(parameters, notebooks_dir, paths[:-1])

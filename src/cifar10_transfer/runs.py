@@ -152,6 +152,9 @@ def write(out_dir: Path, model, history: pd.DataFrame, y_true, probabilities, me
     fileio.write_json(out_dir / "metrics.json", metrics)
 
 
+MAX_TEST_IMAGES = 10_000  # CIFAR-10's test set: the most rows a predictions.npz may hold
+
+
 @dataclass(frozen=True)
 class Run:
     path: Path
@@ -163,6 +166,11 @@ class Run:
     @property
     def label(self) -> str:
         return experiment_label(self.metrics)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """The predicted class of each test image."""
+        return self.probabilities.argmax(axis=1)
 
 
 def experiment_label(metrics: dict) -> str:
@@ -208,16 +216,40 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise FileNotFoundError(f"{predictions}: missing; rerun the experiment to create it")
     with np.load(predictions, allow_pickle=False) as stored:
         y_true, probabilities = stored["y_true"], stored["probabilities"]
+    rows = len(y_true)
+    if (
+        y_true.ndim != 1
+        or not 0 < rows <= MAX_TEST_IMAGES
+        or probabilities.shape != (rows, len(metrics.get("class_names", config.CLASS_NAMES)))
+    ):
+        raise ValueError(
+            f"{predictions}: expected y_true of 1 to {MAX_TEST_IMAGES:,} test labels and one "
+            f"probability per class for each, got {y_true.shape} and {probabilities.shape}"
+        )
     return Run(run_dir, metrics, pd.read_csv(run_dir / "history.csv"), y_true, probabilities)
 
 
-def publish_run(run_dir: str | os.PathLike, results_dir: str | os.PathLike) -> Path:
-    """Copy a run's metrics.json and history.csv to ``results_dir/<experiment>/``."""
+def best_trained(profile_name: str, experiments) -> Path | None:
+    """The run folder of the first of ``experiments`` (best first) whose model was trained on
+    this machine (``runs/<profile>/<experiment>/model.keras``), or None."""
+    for experiment in experiments:
+        folder = run_dir(profile_name, experiment)
+        if (folder / "model.keras").is_file():
+            return folder
+    return None
+
+
+def publish_run(
+    run_dir: str | os.PathLike, results_dir: str | os.PathLike, predictions: bool = True
+) -> Path:
+    """Copy a run's metrics.json, history.csv and (with ``predictions``) its test-set
+    predictions.npz to ``results_dir/<experiment>/``: with them, notebook 05 analyses the
+    committed results in a fresh runtime. The model itself stays in the run folder."""
     run = Path(run_dir)
     experiment = fileio.read_json(run / "metrics.json")["experiment"]
     target = Path(results_dir) / experiment
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.json", "history.csv"):
+    for name in ("metrics.json", "history.csv", *(["predictions.npz"] if predictions else [])):
         with fileio.atomic_path(target / name) as temporary:
             shutil.copyfile(run / name, temporary)
     return target

@@ -1,0 +1,189 @@
+"""The package calls the notebooks show: profile choice, the Experiment steps, the results
+notebook 05 finds, the measured times they print, and the one-seed time comparison."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_training import SMALL, synthetic_splits
+
+from cifar10_transfer import (
+    config,
+    fileio,
+    hardware,
+    imaging,
+    models,
+    reports,
+    reproduce,
+    runs,
+    training,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(config, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(config, "COMMITTED_RESULTS", tmp_path / "committed")
+
+
+@pytest.mark.parametrize("gpu, expected", [(False, "quick"), (True, "paper")])
+def test_auto_profile_is_quick_on_a_cpu_and_paper_on_a_gpu(gpu, expected, monkeypatch):
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: gpu)
+    monkeypatch.setattr(hardware, "device_name", lambda: "NVIDIA T4")
+    name, why = hardware.choose_profile("auto")
+    assert name == expected and why.startswith("auto: ")
+    assert ("NVIDIA T4" in why) == gpu
+    assert hardware.choose_profile("smoke") == ("smoke", "chosen by name")
+    with pytest.raises(ValueError, match="profile must be one of"):
+        hardware.choose_profile("quik")
+
+
+def test_experiment_steps_freeze_then_unfreeze_and_recompile(tmp_path):
+    profile = config.profile("smoke", **SMALL)
+    splits = synthetic_splits()
+    head = training.Experiment("head", profile, splits=splits)
+    model = head.build()
+    table = head.set_trainable()
+    trains = dict(zip(table["part"], table["trains"], strict=True))
+    assert trains["head"] == "all"
+    assert {value for part, value in trains.items() if part.startswith("backbone ")} == {"no"}
+    assert head.trainee.compiled and not model.get_layer("backbone").trainable
+    assert [type(c).__name__ for c in head.callbacks][:2] == [
+        "TerminateOnNaN",
+        "AtomicBackupAndRestore",
+    ]
+    head.fit()
+    head.evaluate()
+
+    finetune = training.Experiment("finetune", profile, splits=splits)
+    model = finetune.build()  # the head run just written
+    before = models.trainable_table(model)
+    assert before.loc[before["part"] == "backbone conv5", "trains"].item() == "no"
+    after = finetune.set_trainable()
+    assert after.loc[after["part"] == "backbone conv5", "trains"].item() == "part"  # BN frozen
+    assert after.loc[after["part"] == "backbone conv1", "trains"].item() == "no"
+    assert model.compiled and model.optimizer.learning_rate is not None
+    history = finetune.fit()
+    metrics = finetune.evaluate()
+    assert list(history["stage"].unique()) == ["finetune"]
+    assert metrics["epochs"] == profile.finetune_epochs and "tta_test_accuracy" in metrics
+    stored = runs.load_run(finetune.out_dir)
+    assert list(stored.history["stage"].unique()) == ["head", "finetune"]
+    assert np.array_equal(stored.predicted, stored.probabilities.argmax(axis=1))
+
+
+def test_fit_refuses_a_model_that_was_not_compiled(tmp_path):
+    model = models.build(config.experiment("two_layer_fc"), config.profile("smoke"))
+    stage = training.Stage("baseline")
+    with pytest.raises(ValueError, match="compile it first"):
+        training.fit(model, None, None, None, None, stage, training.Job(tmp_path))
+
+
+def publish(metrics_dir: Path, experiment="finetune", commit="abc1234", accuracy=0.5):
+    folder = metrics_dir / experiment
+    folder.mkdir(parents=True)
+    fileio.write_json(
+        folder / "metrics.json",
+        {"experiment": experiment, "git_commit": commit, "test_accuracy": accuracy},
+    )
+
+
+def test_notebook_05_prefers_runs_made_here_then_committed_results(tmp_path, monkeypatch):
+    publish(config.COMMITTED_RESULTS / "smoke", commit="c0mm1t")
+    folder, which = reproduce.find_results(config.profile("smoke"))
+    assert folder == config.COMMITTED_RESULTS / "smoke" and "c0mm1t" in which
+    publish(config.RESULTS_DIR / "smoke", commit=None)
+    folder, which = reproduce.find_results(config.profile("smoke"))
+    assert folder == config.RESULTS_DIR / "smoke" and reports.NO_COMMIT in which
+
+
+def test_notebook_05_trains_what_it_compares_when_nothing_exists(monkeypatch):
+    trained = []
+
+    def run_experiment(experiment, profile, data=None, devices=None):
+        trained.append(experiment)
+        publish(config.RUNS_DIR / profile.name, experiment)
+
+    monkeypatch.setattr(training, "run_experiment", run_experiment)
+    monkeypatch.setattr(runs, "publish_run", lambda run, results: trained.append(results))
+    folder, which = reproduce.find_results(config.profile("smoke"))
+    assert trained[::2] == list(reproduce.SEED_EXPERIMENTS)
+    assert folder == config.RESULTS_DIR / "smoke" and "trained just now" in which
+
+
+def test_expected_time_reads_the_committed_timings():
+    assert "no measured time" in reproduce.expected_time("quick", "04_finetune.ipynb")
+    folder = config.COMMITTED_RESULTS / "quick"
+    fileio.write_json(folder / "notebooks" / "timings.json", {"seconds": {"04_finetune.ipynb": 90}})
+    fileio.write_json(folder / "finetune" / "metrics.json", {"device": "cpu (x86_64, 2 cores)"})
+    assert reproduce.expected_time("quick", "04_finetune.ipynb") == (
+        "04_finetune.ipynb took 1.5 min in the committed make reproduce of 'quick' on "
+        "cpu (x86_64, 2 cores)"
+    )
+    table = reports.notebook_times_markdown(config.COMMITTED_RESULTS)
+    assert "| 04_finetune.ipynb" in table and "1.5 min" in table
+    assert "not measured yet (a GPU)" in table
+
+
+def test_best_trained_is_the_best_model_on_this_machine():
+    assert runs.best_trained("quick", ["finetune", "head"]) is None
+    folder = runs.run_dir("quick", "head")
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_bytes(b"PK")
+    assert runs.best_trained("quick", ["finetune", "head"]) == folder
+
+
+def test_published_predictions_are_bounded_when_read(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    fileio.write_json(folder / "metrics.json", {"experiment": "head"})
+    (folder / "history.csv").write_text("epoch\n1\n")
+    np.savez(folder / "predictions.npz", y_true=np.zeros(3, int), probabilities=np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="one probability per class"):
+        runs.load_run(folder)
+
+
+def test_save_png_and_thumbnail_round_trip(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    path = imaging.save_png(pixels, tmp_path / "x.png")
+    assert [entry.name for entry in tmp_path.iterdir()] == ["x.png"]
+    assert np.array_equal(imaging.thumbnail(path), pixels)
+    assert imaging.load_image(path).shape == (32, 32, 3)
+
+
+def write_root(root: Path, seconds: float, commit: str, device="cpu (x86_64, 2 cores)"):
+    timings = {name: seconds / len(reproduce.NOTEBOOKS) for name in reproduce.NOTEBOOKS}
+    timings["extra seeds"] = 999.0  # not part of the one-seed time
+    fileio.write_json(root / "results/quick/notebooks/timings.json", {"seconds": timings})
+    fileio.write_json(
+        root / "results/quick/finetune/metrics.json",
+        {"git_commit": commit, "device": device, "backend": "tensorflow",
+         "backbone": "efficientnet_lite2", "test_accuracy": 0.86,
+         "timestamp": "2026-12-02T00:00:00Z"},
+    )  # fmt: skip
+
+
+def test_reproduce_ratio_compares_the_one_seed_times(tmp_path):
+    write_root(tmp_path / "new", 900, "new1234")
+    write_root(tmp_path / "old", 500, "old1234")
+    out = tmp_path / "ratio.json"
+    script = ROOT / "benchmarks" / "reproduce_ratio.py"
+    command = [sys.executable, str(script), "--new", str(tmp_path / "new"), "--old"]
+    done = subprocess.run(
+        [*command, str(tmp_path / "old"), "--out", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["ratio"] == pytest.approx(1.8) and result["goals_met"]
+    assert result["new"]["one_seed_seconds"] == 900 and result["old"]["git_commit"] == "old1234"
+    write_root(tmp_path / "other", 500, "old1234", device="cpu (x86_64, 16 cores)")
+    done = subprocess.run(
+        [*command, str(tmp_path / "other"), "--out", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr.startswith("error: the runs used different")
