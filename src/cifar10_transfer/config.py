@@ -134,8 +134,8 @@ class Profile:
     plateau rule (patience 2) barely acts. The seed CNN underfits with augmentation (train
     below validation accuracy at 20 epochs, 66.6% test), so it trains 30 epochs at 2e-3.
     5 fine-tuning epochs, not 6 (validation 86.9% after epoch 5 of 6), and the two simple
-    baselines without augmentation: a one-seed ``make reproduce`` stays within 2x the time of
-    the recipe this one replaced, run side by side (README, "Reproduce").
+    baselines without augmentation, to bring a one-seed ``make reproduce`` near 2x the time of
+    the recipe this one replaced (measured side by side: README, "Quick profile").
     """
 
     name: str = "quick"
