@@ -18,7 +18,7 @@ from pathlib import Path
 
 import common
 
-from cifar10_transfer import fileio, reproduce
+from cifar10_transfer import config, reports
 
 GOAL_RATIO = 2.0  # the recipe issue: at most 2x the time of the recipe it replaced
 GOAL_SECONDS = 20 * 60  # and at most 20 minutes on a 2-core machine like CI's
@@ -27,15 +27,14 @@ GOAL_SECONDS = 20 * 60  # and at most 20 minutes on a 2-core machine like CI's
 def one_seed(root: Path, profile: str) -> dict:
     """The notebooks' seconds, commit and device of the make reproduce under ``root``."""
     results = root / "results" / profile
-    timings = fileio.read_json(results / "notebooks" / "timings.json")["seconds"]
-    missing = [name for name in reproduce.NOTEBOOKS if name not in timings]
+    timings, metrics = reports.reproduce_timings(results)
+    missing = [name for name in config.NOTEBOOKS if name not in timings]
     if missing:
         raise ValueError(f"{results / 'notebooks' / 'timings.json'}: no time for {missing}")
-    metrics = fileio.read_json(results / "finetune" / "metrics.json")
     return {
         "root": str(root),
-        "notebook_seconds": {name: timings[name] for name in reproduce.NOTEBOOKS},
-        "one_seed_seconds": round(sum(timings[name] for name in reproduce.NOTEBOOKS), 1),
+        "notebook_seconds": {name: timings[name] for name in config.NOTEBOOKS},
+        "one_seed_seconds": round(sum(timings[name] for name in config.NOTEBOOKS), 1),
         "git_commit": metrics.get("git_commit"),
         "git_dirty": metrics.get("git_dirty"),
         "device": metrics["device"],

@@ -158,7 +158,7 @@ def test_save_png_and_thumbnail_round_trip(tmp_path):
 
 
 def write_root(root: Path, seconds: float, commit: str, device="cpu (x86_64, 2 cores)"):
-    timings = {name: seconds / len(reproduce.NOTEBOOKS) for name in reproduce.NOTEBOOKS}
+    timings = {name: seconds / len(config.NOTEBOOKS) for name in config.NOTEBOOKS}
     timings["extra seeds"] = 999.0  # not part of the one-seed time
     fileio.write_json(root / "results/quick/notebooks/timings.json", {"seconds": timings})
     fileio.write_json(

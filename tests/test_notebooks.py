@@ -11,7 +11,7 @@ import pytest
 
 from cifar10_transfer import config, reproduce
 
-NOTEBOOKS = [config.NOTEBOOKS_DIR / name for name in reproduce.NOTEBOOKS]
+NOTEBOOKS = [config.NOTEBOOKS_DIR / name for name in config.NOTEBOOKS]
 REQUIRED_PARAMETERS = {"profile_name", "overrides", "data", "out_dir", "figures_dir", "devices"}
 # Settings the parameters cell no longer takes one by one: they are entries of ``overrides``.
 REMOVED_PARAMETERS = {"profile", "backbone", "weights", "seed", "precision"}
@@ -150,10 +150,10 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "results" / "smoke"
-    for name in reproduce.NOTEBOOKS:
+    for name in config.NOTEBOOKS:
         assert (results / "notebooks" / name).exists()
     timings = json.loads((results / "notebooks" / "timings.json").read_text())["seconds"]
-    assert set(timings) == {*reproduce.NOTEBOOKS, "extra seeds", "total"}
+    assert set(timings) == {*config.NOTEBOOKS, "extra seeds", "total"}
     assert timings["total"] > timings["extra seeds"] > 0
     summary = json.loads((results / "summary.json").read_text())
     experiments = [run["experiment"] for run in summary["runs"]]

@@ -11,10 +11,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cifar10_transfer import config, reproduce
+from cifar10_transfer import config
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = [ROOT / "notebooks" / name for name in reproduce.NOTEBOOKS]
+NOTEBOOKS = [ROOT / "notebooks" / name for name in config.NOTEBOOKS]
 
 
 @pytest.fixture(scope="module")

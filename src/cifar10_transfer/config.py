@@ -55,6 +55,13 @@ REPOSITORY_URL = "https://github.com/cifar10-transfer/cifar10-transfer"
 RESULTS_DIR = ROOT / "results"
 IMAGES_DIR = ROOT / "images"
 NOTEBOOKS_DIR = CHECKOUT / "notebooks"  # shipped with the code, wherever outputs go
+NOTEBOOKS = (  # in NOTEBOOKS_DIR, in the order a reader (and make reproduce) runs them
+    "01_eda.ipynb",
+    "02_baseline_cnn.ipynb",
+    "03_transfer_head.ipynb",
+    "04_finetune.ipynb",
+    "05_compare_and_errors.ipynb",
+)
 RUNS_DIR = ROOT / "runs"  # model checkpoints and run folders (git-ignored)
 PRESENTATION_DIR = ROOT / "presentation"
 SHARED_DATA = CHECKOUT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

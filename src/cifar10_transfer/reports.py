@@ -281,33 +281,31 @@ def profiles_markdown(results_root=None) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
+def reproduce_timings(results_dir: Path) -> tuple[dict, dict]:
+    """What the ``make reproduce`` behind ``results/<profile>/`` recorded: the seconds of each
+    step (notebooks/timings.json) and its fine-tuning run's metrics (device, commit, ...).
+    OSError or ValueError when it has not run there."""
+    timings = fileio.read_json(results_dir / "notebooks" / "timings.json")["seconds"]
+    return timings, fileio.read_json(results_dir / "finetune" / "metrics.json")
+
+
 def notebook_times_markdown(results_root=None) -> str:
     """The README's minutes per notebook and profile, from each profile's committed
     ``make reproduce`` (results/<profile>/notebooks/timings.json) and its device."""
     results_root = Path(results_root or config.RESULTS_DIR)
     columns = {}
     for name, profile in config.PROFILES.items():
-        folder = results_root / name
         try:
-            seconds = fileio.read_json(folder / "notebooks" / "timings.json")["seconds"]
-            device = fileio.read_json(folder / "finetune" / "metrics.json")["device"]
+            seconds, finetune = reproduce_timings(results_root / name)
+            device = finetune["device"]
         except (OSError, ValueError, KeyError, TypeError):
             where = "a GPU" if profile.needs_accelerator else "a CPU"
-            columns[f"`{name}`"] = {
-                nb: f"not measured yet ({where})" for nb in reproduce_notebooks()
-            }
+            columns[f"`{name}`"] = {nb: f"not measured yet ({where})" for nb in config.NOTEBOOKS}
             continue
         columns[f"`{name}` ({device})"] = {
-            nb: f"{seconds[nb] / 60:.1f} min" if nb in seconds else "–"
-            for nb in reproduce_notebooks()
+            nb: f"{seconds[nb] / 60:.1f} min" if nb in seconds else "–" for nb in config.NOTEBOOKS
         }
     return pd.DataFrame(columns).rename_axis("notebook").reset_index().to_markdown(index=False)
-
-
-def reproduce_notebooks() -> tuple[str, ...]:
-    from cifar10_transfer import reproduce  # reproduce imports this module
-
-    return reproduce.NOTEBOOKS
 
 
 def refresh_tables(results_root=None, readme=None) -> list[str]:

@@ -19,14 +19,6 @@ from pathlib import Path
 
 from cifar10_transfer import config, fileio, reports
 
-NOTEBOOKS = (
-    "01_eda.ipynb",
-    "02_baseline_cnn.ipynb",
-    "03_transfer_head.ipynb",
-    "04_finetune.ipynb",
-    "05_compare_and_errors.ipynb",
-)
-
 
 class NotebookError(RuntimeError):
     """A notebook cell raised; the message names the notebook, the cell and the error."""
@@ -52,7 +44,8 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=No
     timings = {} if timings is None else timings
     started = time.perf_counter()
     notebooks = [
-        Path(path) for path in notebooks or [config.NOTEBOOKS_DIR / name for name in NOTEBOOKS]
+        Path(path)
+        for path in notebooks or [config.NOTEBOOKS_DIR / name for name in config.NOTEBOOKS]
     ]
     for source in notebooks:
         name, target = source.name, output_dir / source.name
@@ -144,10 +137,9 @@ def find_results(profile: config.Profile, data=None, devices=None) -> tuple[Path
 def expected_time(profile_name: str, notebook: str) -> str:
     """What ``notebook`` took in the committed ``make reproduce`` of ``profile_name``
     (results/<profile>/notebooks/timings.json), as a sentence."""
-    folder = config.COMMITTED_RESULTS / profile_name
     try:
-        seconds = fileio.read_json(folder / "notebooks" / "timings.json")["seconds"][notebook]
-        device = fileio.read_json(folder / "finetune" / "metrics.json")["device"]
+        timings, finetune = reports.reproduce_timings(config.COMMITTED_RESULTS / profile_name)
+        seconds, device = timings[notebook], finetune["device"]
     except (OSError, ValueError, KeyError, TypeError):
         return (
             f"{notebook} has no measured time for profile {profile_name!r} yet "
@@ -194,7 +186,7 @@ def reproduce(
     for variable, value in KERNEL_ENVIRONMENT.items():
         os.environ.setdefault(variable, value)  # the kernels inherit it
     started = time.perf_counter()
-    paths = [config.NOTEBOOKS_DIR / name for name in NOTEBOOKS]
+    paths = [config.NOTEBOOKS_DIR / name for name in config.NOTEBOOKS]
     timings = run_notebooks(parameters, notebooks_dir, paths[:-1])
     # Earlier extra-seed results would mix into the table: replace them.
     shutil.rmtree(results_dir / reports.SEEDS_DIR, ignore_errors=True)

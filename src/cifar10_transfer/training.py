@@ -538,6 +538,10 @@ class Experiment:
             models.check_profile(profile, fine_tuning=spec.stage == "finetune")
         self.profile, self.devices = profile, devices
         self.stage = Stage.of(profile, spec.stage)
+        if profile.unfreeze == "gradual" and spec.stage == "finetune":
+            # each unfreezing step trains a share of the epochs
+            epochs = max(self.stage.epochs // models.GRADUAL_STEPS, 1)
+            self.stage = dataclasses.replace(self.stage, epochs=epochs)
         self.out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
         self.started = time.perf_counter()
         # First: on several machines this joins the cluster, which must precede any JAX device
@@ -568,10 +572,6 @@ class Experiment:
         if spec.prerequisite and (self.prerequisite_dir / "model.keras").exists():
             check_prerequisite(self.prerequisite_dir, profile, self.splits)
         runs.prepare(self.job.out_dir, resume)
-        if profile.unfreeze == "gradual":  # each unfreezing step trains a share of the epochs
-            self.stage = dataclasses.replace(
-                self.stage, epochs=max(self.stage.epochs // models.GRADUAL_STEPS, 1)
-            )
         self.model = self.history = self.features = None
         self.earlier = None  # the head run's history, before fine-tuning's
         self.callbacks = stage_callbacks(self.stage, self.job)
@@ -631,20 +631,19 @@ class Experiment:
     def fit(self) -> pd.DataFrame:
         """Train this stage; returns its history. The head stage runs the frozen backbone
         once per image and trains the head on those features (``cached_features``)."""
-        splits, stage, job = self.splits, self.stage, self.job
+        splits = self.splits
         with self.placement.scope():
-            if self.spec.stage == "head":
-                self.features = self.head_features()
-                features = self.features
-                history = fit(
-                    self.trainee, features["train"], splits.y_train, features["val"],
-                    splits.y_val, stage, job, callbacks=self.callbacks,
-                )  # fmt: skip
-            elif self.spec.stage == "baseline":
-                x, y, x_val, y_val = splits.x_train, splits.y_train, splits.x_val, splits.y_val
-                history = fit(self.model, x, y, x_val, y_val, stage, job, callbacks=self.callbacks)
-            else:
+            if self.spec.stage == "finetune":
                 history = self._fine_tune()
+            else:
+                x, x_val = splits.x_train, splits.x_val
+                if self.spec.stage == "head":
+                    self.features = self.head_features()
+                    x, x_val = self.features["train"], self.features["val"]
+                history = fit(
+                    self.trainee, x, splits.y_train, x_val, splits.y_val, self.stage, self.job,
+                    callbacks=self.callbacks,
+                )  # fmt: skip
         history["stage"] = self.spec.stage
         self.history = history
         return history
