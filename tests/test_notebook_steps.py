@@ -187,3 +187,18 @@ def test_reproduce_ratio_compares_the_one_seed_times(tmp_path):
         [*command, str(tmp_path / "other"), "--out", str(out)], capture_output=True, text=True
     )
     assert done.returncode == 2 and done.stderr.startswith("error: the runs used different")
+
+
+def test_make_reproduce_of_a_cpu_profile_does_not_start_tensorflow_in_its_own_process():
+    # The kernels print their own lines; the parent's TensorFlow start-up logs (which
+    # TF_CPP_MIN_LOG_LEVEL cannot silence) would sit between the progress lines.
+    code = (
+        "import sys\n"
+        "from cifar10_transfer import cli, config, hardware, reports, reproduce\n"
+        "hardware.check_accelerator(config.check(config.profile('quick')))\n"
+        "reports.notebook_times_markdown()\n"
+        "print(sorted({'keras', 'tensorflow'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]" and "oneDNN" not in done.stderr

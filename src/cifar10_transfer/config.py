@@ -53,6 +53,9 @@ COMMITTED_RESULTS = (CHECKOUT if (CHECKOUT / "pyproject.toml").exists() else Pat
 # Colab install cells must say the same (tests/test_notebooks.py holds them to it).
 REPOSITORY_URL = "https://github.com/cifar10-transfer/cifar10-transfer"
 RESULTS_DIR = ROOT / "results"
+# Minutes per notebook on a Colab T4 for the GPU profiles, estimated from counted FLOPs
+# (benchmarks/gpu_estimate.py) until the GPU suite measures them; beside results/.
+GPU_ESTIMATE = Path("benchmarks") / "results" / "gpu_estimate-t4.json"
 IMAGES_DIR = ROOT / "images"
 NOTEBOOKS_DIR = CHECKOUT / "notebooks"  # shipped with the code, wherever outputs go
 NOTEBOOKS = (  # in NOTEBOOKS_DIR, in the order a reader (and make reproduce) runs them

@@ -12,14 +12,14 @@ import re
 import subprocess
 from pathlib import Path
 
-import keras
-
 from cifar10_transfer import config, fileio
 
 
 def list_devices() -> list[str]:
     """``keras.distribution.list_devices()``, also on the torch backend, for which Keras has no
     distribution library (the call fails there): one "gpu:N" per CUDA device, else ["cpu:0"]."""
+    import keras  # here, not at the top: make reproduce of a CPU profile never starts TF
+
     if keras.backend.backend() != "torch":
         return keras.distribution.list_devices()
     import torch  # torch backend only: Keras offers no device listing for it
@@ -81,6 +81,8 @@ def configure_precision(precision: str = "auto") -> str:
     if precision == "auto":
         precision, reason = auto_precision(gpu_info())
         print(f"precision: {precision} (auto; {reason})", flush=True)
+    import keras
+
     keras.config.set_dtype_policy(precision)
     return precision
 

@@ -289,9 +289,24 @@ def reproduce_timings(results_dir: Path) -> tuple[dict, dict]:
     return timings, fileio.read_json(results_dir / "finetune" / "metrics.json")
 
 
+def _short_duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def gpu_estimate(results_root: Path, profile_name: str) -> dict | None:
+    """The estimated seconds per notebook of GPU profile ``profile_name`` on a T4
+    (config.GPU_ESTIMATE beside ``results_root``), or None where there is none."""
+    try:
+        estimate = fileio.read_json(Path(results_root).parent / config.GPU_ESTIMATE)
+        return estimate["profiles"][profile_name]["seconds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def notebook_times_markdown(results_root=None) -> str:
     """The README's minutes per notebook and profile, from each profile's committed
-    ``make reproduce`` (results/<profile>/notebooks/timings.json) and its device."""
+    ``make reproduce`` (results/<profile>/notebooks/timings.json) and its device; a GPU
+    profile not measured yet shows its T4 estimate (``gpu_estimate``), marked as one."""
     results_root = Path(results_root or config.RESULTS_DIR)
     columns = {}
     for name, profile in config.PROFILES.items():
@@ -299,6 +314,13 @@ def notebook_times_markdown(results_root=None) -> str:
             seconds, finetune = reproduce_timings(results_root / name)
             device = finetune["device"]
         except (OSError, ValueError, KeyError, TypeError):
+            estimate = gpu_estimate(results_root, name) if profile.needs_accelerator else None
+            if estimate:
+                # Counted compute only (no data loading or compiling): a lower bound.
+                columns[f"`{name}` (T4, estimate)"] = {
+                    nb: f"≥ {_short_duration(estimate[nb])} (estimate)" for nb in config.NOTEBOOKS
+                }
+                continue
             where = "a GPU" if profile.needs_accelerator else "a CPU"
             columns[f"`{name}`"] = {nb: f"not measured yet ({where})" for nb in config.NOTEBOOKS}
             continue

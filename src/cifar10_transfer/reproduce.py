@@ -141,6 +141,13 @@ def expected_time(profile_name: str, notebook: str) -> str:
         timings, finetune = reports.reproduce_timings(config.COMMITTED_RESULTS / profile_name)
         seconds, device = timings[notebook], finetune["device"]
     except (OSError, ValueError, KeyError, TypeError):
+        estimate = reports.gpu_estimate(config.COMMITTED_RESULTS, profile_name)
+        if estimate and notebook in estimate:
+            return (
+                f"{notebook} has no measured time for profile {profile_name!r} yet; at "
+                f"least {estimate[notebook] / 60:.1f} min on a T4 is the estimate from its "
+                "counted FLOPs, before start-up and compilation (benchmarks/gpu_estimate.py)"
+            )
         return (
             f"{notebook} has no measured time for profile {profile_name!r} yet "
             f"(make reproduce PROFILE={profile_name} measures it)"
