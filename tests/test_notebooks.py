@@ -88,7 +88,37 @@ def test_a_failing_cell_is_reported_by_notebook_cell_and_error(tmp_path):
     assert sorted(p.name for p in committed.parent.iterdir()) == [
         "99_failing.failed.ipynb",
         "99_failing.ipynb",
+        "99_failing.kernel.log",
     ]
+
+
+def test_a_kernels_own_output_goes_to_its_log_and_the_kernel_is_shut_down(tmp_path, capfd):
+    # What a library writes to file descriptor 2 (as TensorFlow's C++ start-up does) stays
+    # out of the terminal and the notebook; Python's own warnings still show in the cell.
+    chatty = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell(
+                "import os, warnings\n"
+                "os.write(2, b'I0000 C++ start-up chatter\\n')\n"
+                "warnings.warn('a warning that matters')\n"
+                "print(os.getpid())"
+            ),
+        ]
+    )
+    chatty.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    path = tmp_path / "98_chatty.ipynb"
+    nbformat.write(chatty, path)
+    reproduce.run_notebooks({}, tmp_path / "out", notebooks=[path])
+    terminal = capfd.readouterr()
+    assert "chatter" not in terminal.out + terminal.err and "[98_chatty.ipynb] done" in terminal.out
+    assert "chatter" in (tmp_path / "out" / "98_chatty.kernel.log").read_text()
+    outputs = nbformat.read(tmp_path / "out" / "98_chatty.ipynb", as_version=4).cells[-1].outputs
+    text = "".join(output.get("text", "") for output in outputs)
+    assert "chatter" not in text and "a warning that matters" in text
+    pid = int(next(output.text for output in outputs if output.get("name") == "stdout"))
+    with pytest.raises(ProcessLookupError):  # the kernel has exited, not lingering
+        os.kill(pid, 0)
 
 
 class NotebooksStarted(Exception):
@@ -149,7 +179,11 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
         timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # Our progress lines only: TensorFlow's start-up logs went to the kernel logs.
+    assert "oneDNN" not in result.stdout + result.stderr, result.stderr[-3000:]
+    assert "[seed 43] finetune: test accuracy" in result.stdout
     results = tmp_path / "results" / "smoke"
+    assert "oneDNN" in (results / "notebooks" / "seeds.kernel.log").read_text()
     for name in config.NOTEBOOKS:
         assert (results / "notebooks" / name).exists()
     timings = json.loads((results / "notebooks" / "timings.json").read_text())["seconds"]

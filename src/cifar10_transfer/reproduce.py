@@ -11,8 +11,10 @@ Executed notebooks, and the seconds each step took (``timings.json``), are saved
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,11 +40,9 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=No
     a failed one is kept beside it as ``<name>.failed.ipynb``. Returns ``timings`` (a dict)
     with the seconds of each notebook added."""
     import papermill
-    from jupyter_client.manager import KernelManager
 
     output_dir.mkdir(parents=True, exist_ok=True)
     timings = {} if timings is None else timings
-    started = time.perf_counter()
     notebooks = [
         Path(path)
         for path in notebooks or [config.NOTEBOOKS_DIR / name for name in config.NOTEBOOKS]
@@ -54,12 +54,9 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=No
         print(f"[{name}] ...", flush=True)
         notebook_started = time.perf_counter()
         partial, failed = target.with_suffix(".partial.ipynb"), target.with_suffix(".failed.ipynb")
-        with tempfile.TemporaryDirectory() as sockets:
-            # IPC sockets, not TCP: the kernel is local, and ipykernel warns about plain TCP.
-            transport = (
-                {"transport": "ipc", "ip": f"{sockets}/kernel"} if os.name == "posix" else {}
-            )
-            kernel = KernelManager(kernel_name="python3", **transport)
+        log = target.with_suffix(".kernel.log")
+        with tempfile.TemporaryDirectory() as sockets, open(log, "w") as kernel_output:
+            kernel = _kernel_manager(sockets, kernel_output)
             try:
                 papermill.execute_notebook(
                     str(source),
@@ -69,6 +66,10 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=No
                     progress_bar=False,
                     kernel_name="python3",
                     km=kernel,
+                    # What the kernel's libraries write to its file descriptors (TensorFlow's
+                    # C++ start-up logs, which no setting silences) goes to the log, not
+                    # into the notebook; Python's warnings and errors still show in the cells.
+                    extra_arguments=["--IPKernelApp.capture_fd_output=False"],
                 )
             except papermill.PapermillExecutionError as error:
                 os.replace(partial, failed)
@@ -76,12 +77,45 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=No
                     f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue} "
                     f"(executed notebook: {failed})"
                 ) from None
+            finally:
+                # papermill leaves a kernel it was handed running: each would keep its
+                # models and data in memory until make reproduce ends.
+                if kernel.has_kernel:
+                    kernel.shutdown_kernel(now=True)
         os.replace(partial, target)
         elapsed = time.perf_counter() - notebook_started
-        total = time.perf_counter() - started
-        print(f"[{name}] done in {elapsed:.0f} s (total {total / 60:.1f} min)", flush=True)
         timings[name] = round(elapsed, 1)
+        total = sum(timings.values())  # earlier notebooks and extra seeds of this run too
+        print(f"[{name}] done in {elapsed:.0f} s (total {total / 60:.1f} min)", flush=True)
     return timings
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Point this process's file descriptor 2 (and so sys.stderr) at ``path`` for a while."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "w") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _kernel_manager(sockets: str, output):
+    """A local python3 kernel on IPC sockets in ``sockets`` (not TCP: the kernel is local, and
+    ipykernel warns about plain TCP), its process's stdout and stderr going to ``output``."""
+    from jupyter_client.manager import KernelManager
+
+    class LoggedKernelManager(KernelManager):
+        def start_kernel(self, **kw):
+            return super().start_kernel(stdout=output, stderr=output, **kw)
+
+    transport = {"transport": "ipc", "ip": f"{sockets}/kernel"} if os.name == "posix" else {}
+    return LoggedKernelManager(kernel_name="python3", **transport)
 
 
 def train_seeds(profile: config.Profile, seeds, data=None, devices=None) -> Path:
@@ -199,7 +233,10 @@ def reproduce(
     shutil.rmtree(results_dir / reports.SEEDS_DIR, ignore_errors=True)
     if seeds > 1:
         seeds_started = time.perf_counter()
-        train_seeds(profile, range(profile.seed + 1, profile.seed + seeds), data, devices)
+        # These train in this process: what TensorFlow's C++ code writes to stderr (its
+        # start-up logs) goes to a log beside the notebooks' kernel logs, as theirs does.
+        with _stderr_to(notebooks_dir / "seeds.kernel.log"):
+            train_seeds(profile, range(profile.seed + 1, profile.seed + seeds), data, devices)
         timings["extra seeds"] = round(time.perf_counter() - seeds_started, 1)
     run_notebooks(parameters, notebooks_dir, paths[-1:], timings)
     timings["total"] = round(time.perf_counter() - started, 1)
