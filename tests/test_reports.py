@@ -234,12 +234,13 @@ def test_trials_table_reads_what_each_trial_changed_from_its_profile(tmp_path):
         finetune_epochs=8,
         use_ema=False,
     )
-    _trial(tmp_path / "cnn-30", "baseline_cnn", 0.6943, baseline_epochs=30)
+    _trial(tmp_path / "cnn-30", "baseline_cnn", 0.6943, baseline_epochs=30, baseline_batch_size=128)
     markdown = reports.trials_markdown(tmp_path)
     lines = markdown.splitlines()
     assert lines[0].startswith("| trial") and len(lines) == 4
     cnn, lite0 = lines[2], lines[3]  # sorted by folder name
     assert "cnn-30" in cnn and "| all layers " in cnn and "| 30 " in cnn and "69.43%" in cnn
+    assert "| 128 " in cnn and "| 64 " in lite0  # the baseline's batch, the fine-tuning's
     assert "efficientnet_lite0 fine-tuned" in lite0 and "| all " in lite0 and "| 8 " in lite0
     assert "84.21%" in lite0 and "| no " in lite0  # no EMA
     with pytest.raises(FileNotFoundError, match="no \\*/metrics.json"):

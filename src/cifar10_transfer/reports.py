@@ -209,6 +209,7 @@ def trials_markdown(trials_dir: str | os.PathLike) -> str:
                 "input": f"{metrics['image_size']} px",
                 "trains": "all layers" if scratch else settings["unfreeze"],
                 "epochs": str(epochs),
+                "batch": str(settings["baseline_batch_size" if scratch else "batch_size"]),
                 "learning rate": f"{rate:g}",
                 "schedule": settings["lr_schedule"],
                 "EMA": "yes" if settings.get("use_ema") and not scratch else "no",
