@@ -25,9 +25,9 @@ QUICK_RECIPE = {
     "batch_size": 64,
     "head_epochs": 15,
     "head_learning_rate": 1e-3,
-    "finetune_epochs": 5,
-    "finetune_learning_rate": 1e-4,
-    "unfreeze": "stage:block2",
+    "finetune_epochs": 4,
+    "finetune_learning_rate": 3e-4,
+    "unfreeze": "stage:block4",
     "lr_schedule": "cosine",
     "augment": True,
     "baseline_augment": True,
@@ -268,7 +268,7 @@ def test_stage_reads_its_own_settings_from_the_profile():
     head = training.Stage.of(profile, "head")
     assert (head.epochs, head.batch_size, head.learning_rate) == (1, 50, 1e-3)
     finetune = training.Stage.of(profile, "finetune")
-    assert (finetune.epochs, finetune.learning_rate, finetune.micro_batch_size) == (1, 1e-4, 25)
+    assert (finetune.epochs, finetune.learning_rate, finetune.micro_batch_size) == (1, 3e-4, 25)
 
 
 # ---------------------------------------------------------------- the command line
