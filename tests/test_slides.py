@@ -162,6 +162,18 @@ def test_limitations_follow_which_results_exist(fake_outputs):
     text = " ".join(text.get_text() for text in _texts(figure))
     assert "No GPU run yet" not in text
     assert "Trained on 10,000 of the 48,000 training images" in text
+    assert "One seed, one run per model" in text
+
+
+def test_limitations_give_the_spread_over_seeds_where_there_are_several(fake_outputs):
+    deck = slides.load_deck(PROFILE, *fake_outputs)
+    best = deck.runs["test_accuracy"].idxmax()
+    deck.runs.loc[best, ["seeds", "test_accuracy_std"]] = [3, 0.002]
+    figure = Figure(figsize=(slides.WIDTH, slides.HEIGHT))
+    slides.limitations_slide(figure, deck)
+    text = " ".join(text.get_text() for text in _texts(figure))
+    assert "3 seeds for the models with a spread" in text and "over seeds is 0.2 points" in text
+    assert "One seed" not in text
 
 
 def test_missing_summary_names_the_file_and_the_command(fake_outputs, tmp_path):

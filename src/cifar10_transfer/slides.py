@@ -584,10 +584,18 @@ def limitations_slide(figure: Figure, deck: Deck) -> None:
         items.append(
             "No GPU run yet (results/full is absent): the ResNet-50 figures are literature only."
         )
-    items.append(
-        f"One seed, one run per model: with {best.test_size:,} test images, "
-        f"{percent(best.test_accuracy)} has a 95% interval of ±{100 * error:.1f} points."
-    )
+    if best.seeds > 1:
+        items.append(
+            f"{best.seeds} seeds for the models with a spread, one run for the others: the "
+            f"best model's standard deviation over seeds is {100 * best.test_accuracy_std:.1f} "
+            f"points; with {best.test_size:,} test images, one run's 95% interval is "
+            f"±{100 * error:.1f} points."
+        )
+    else:
+        items.append(
+            f"One seed, one run per model: with {best.test_size:,} test images, "
+            f"{percent(best.test_accuracy)} has a 95% interval of ±{100 * error:.1f} points."
+        )
     _bullets(figure, items, MARGIN, CONTENT_TOP, WIDTH - 2 * MARGIN)
 
 
