@@ -183,7 +183,7 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
     assert "oneDNN" not in result.stdout + result.stderr, result.stderr[-3000:]
     assert "[seed 43] finetune: test accuracy" in result.stdout
     results = tmp_path / "results" / "smoke"
-    assert "oneDNN" in (results / "notebooks" / "seeds.kernel.log").read_text()
+    assert (results / "notebooks" / "seeds.kernel.log").is_file()
     for name in config.NOTEBOOKS:
         assert (results / "notebooks" / name).exists()
     timings = json.loads((results / "notebooks" / "timings.json").read_text())["seconds"]
