@@ -25,14 +25,13 @@ import math
 import common
 import keras
 
-from cifar10_transfer import config, models, reports, runs
+from cifar10_transfer import config, hardware, models, reports, runs
 
 REFERENCE_IMAGES_PER_S = 1198  # ResNet-50 @224 px, mixed precision, batch 256, one T4
 REFERENCE_SOURCE = (
     "NVIDIA/DeepLearningExamples PyTorch/Classification/ConvNets/resnet50v1.5/README.md, "
     "'Inference performance: NVIDIA T4', mixed precision, batch 256"
 )
-TRAINING_PASSES = 3  # forward + backward through activations + gradients of the weights
 GPU_PROFILES = [name for name, profile in config.PROFILES.items() if profile.needs_accelerator]
 UNTRAINED_NOTEBOOKS = ("01_eda.ipynb", "05_compare_and_errors.ipynb")
 
@@ -63,27 +62,21 @@ def forward_flops(model: keras.Model) -> int:
 
 
 def notebook_flops(profile: config.Profile) -> dict:
-    """Total FLOPs of notebooks 02-04 under ``profile``: every epoch runs (no early stop)."""
-    train, val = profile.train_size or 48_000, profile.val_size
-    test = profile.test_size or 10_000
-    random_init = dict(weights=None)
-    transfer = models.build_transfer_model(config.profile(profile.name, **random_init))
-    backbone = forward_flops(transfer.get_layer("backbone"))
-    whole = forward_flops(transfer)
-    baselines = 0
-    for name in ("baseline_cnn", "two_layer_fc", "three_layer_cnn"):
-        flops = forward_flops(getattr(models, name)())
-        epochs = profile.baseline_epochs
-        baselines += flops * (TRAINING_PASSES * train * epochs + val * epochs + test)
-    head = whole - backbone
+    """Total FLOPs of notebooks 02-04 under ``profile``: the FLOPs of each model's forward
+    pass times the forward passes its stage makes (``hardware.forward_passes``)."""
+    passes = hardware.forward_passes(profile)
+    transfer = models.build_transfer_model(config.profile(profile, weights=None))
+    backbone, whole = forward_flops(transfer.get_layer("backbone")), forward_flops(transfer)
+    baselines = sum(
+        forward_flops(getattr(models, name)())
+        for name in ("baseline_cnn", "two_layer_fc", "three_layer_cnn")
+    )
     return {
-        "02_baseline_cnn.ipynb": baselines,
+        "02_baseline_cnn.ipynb": baselines * passes["baseline"],
         # Features once per image, then the head alone trains on them.
-        "03_transfer_head.ipynb": backbone * (train + val + test)
-        + head * (TRAINING_PASSES * train + val) * profile.head_epochs,
-        # Every epoch trains and validates the whole model; the test set runs twice (flip TTA).
-        "04_finetune.ipynb": whole
-        * ((TRAINING_PASSES * train + val) * profile.finetune_epochs + 2 * test),
+        "03_transfer_head.ipynb": backbone * passes["head"]
+        + (whole - backbone) * passes["head_training"],
+        "04_finetune.ipynb": whole * passes["finetune"],
     }
 
 
@@ -117,7 +110,7 @@ def main(argv=None) -> None:
         "reference_source": REFERENCE_SOURCE,
         "reference_flops_per_image": reference_flops,
         "effective_tflops": flops_per_s / 1e12,
-        "training_passes": TRAINING_PASSES,
+        "training_passes": hardware.TRAINING_PASSES,
         "untrained_notebooks_from": "results/quick/notebooks/timings.json (measured, CPU)",
         "not_counted": "data loading, compilation, start-up, input pipeline",
         "profiles": profiles,

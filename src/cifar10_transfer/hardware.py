@@ -98,10 +98,28 @@ def device_name() -> str:
 
 # Where the CPU cost model of check_accelerator finds its measured throughput.
 CPU_MEASUREMENTS = config.CHECKOUT / "benchmarks" / "results"
-CIFAR10_TRAIN_IMAGES, CIFAR10_TEST_IMAGES = 50_000, 10_000
-# A forward pass costs about a third of a training step (whose backward pass costs about two
-# forward passes).
-FORWARD_COST = 1 / 3
+# A training step costs about three forward passes (forward, then the gradients of the
+# activations and of the weights), so a forward pass about a third of a step.
+TRAINING_PASSES = 3
+FORWARD_COST = 1 / TRAINING_PASSES
+
+
+def forward_passes(profile: config.Profile) -> dict:
+    """Images through a model per stage of ``profile``, in forward passes (a training step
+    counts TRAINING_PASSES), every epoch run (no early stop). ``baseline``: each from-scratch
+    model trains and validates every epoch, then predicts the test set; ``head``: the frozen
+    backbone once per image (cached features); ``head_training``: the head alone on those
+    features; ``finetune``: trains and validates every epoch, then predicts the test images
+    twice (flip TTA)."""
+    val = profile.val_size
+    train = profile.train_size or config.TRAIN_IMAGES - val
+    test = profile.test_size or config.TEST_IMAGES
+    return {
+        "baseline": profile.baseline_epochs * (TRAINING_PASSES * train + val) + test,
+        "head": train + val + test,
+        "head_training": profile.head_epochs * (TRAINING_PASSES * train + val),
+        "finetune": profile.finetune_epochs * (TRAINING_PASSES * train + val) + 2 * test,
+    }
 
 
 def has_accelerator() -> bool:
@@ -160,24 +178,19 @@ def cpu_seconds_estimate(profile: config.Profile, measurement: dict) -> float:
     """Estimated CPU seconds of ``profile``'s head and fine-tuning stages (a cost model, not a
     measurement).
 
-    Work, in training-step images: the head stage passes train + val + test once through the
-    backbone (cached features; the head's own epochs are negligible), fine-tuning trains on
-    the training images every epoch, validates every epoch and predicts the test images
-    twice (flip TTA); a forward pass counts FORWARD_COST of a step, every layer trains. Cost
-    per image: 1 / the measured images/s, times (image_size / measured size)^2 since a
-    convolutional network's work grows with its input's pixels, times measured cores / this
-    machine's cores.
+    Work, in training-step images: the head stage's backbone pass and fine-tuning's
+    ``forward_passes`` (the head's own epochs are negligible), a forward pass counting
+    FORWARD_COST of a step, every layer training. Cost per image: 1 / the measured images/s,
+    times (image_size / measured size)^2 since a convolutional network's work grows with its
+    input's pixels, times measured cores / this machine's cores.
     """
-    val = profile.val_size
-    train = profile.train_size or CIFAR10_TRAIN_IMAGES - val
-    test = profile.test_size or CIFAR10_TEST_IMAGES
-    head = (train + val + test) * FORWARD_COST
-    finetune = profile.finetune_epochs * (train + val * FORWARD_COST) + 2 * test * FORWARD_COST
+    passes = forward_passes(profile)
+    steps = (passes["head"] + passes["finetune"]) * FORWARD_COST
     seconds_per_image = 1 / measurement["images_per_second"]
     seconds_per_image *= (profile.image_size / measurement["image_size"]) ** 2
     if measurement["cores"]:
         seconds_per_image *= measurement["cores"] / (os.cpu_count() or 1)
-    return (head + finetune) * seconds_per_image
+    return steps * seconds_per_image
 
 
 def _duration(seconds: float) -> str:
