@@ -7,7 +7,7 @@ result the moment it exists; a run cut off by the time limit keeps everything be
    and ResNet-50 (random weights: speed only) at the profile's image size (compare.py).
 2. ``fast``: time to 94% test accuracy (time_to_accuracy.py, the ``fast`` profile).
 3. ``paper``: the seeds' setup (10k subset, 224 px) with Lite0, head then fine-tuning.
-4. ``baseline``: the seed CNN on all training images, with augmentation (``full``'s settings).
+4. ``baseline``: the baseline CNN on all training images, with augmentation (``full``'s settings).
 5. ``full``: all training images with Lite0, head then fine-tuning.
 6. ``seeds``: seeds 43 and 44 of ``full``, each only if the time left holds it.
 
@@ -250,7 +250,7 @@ class Suite:
         return outcome
 
     def baseline_step(self) -> dict:
-        # Seed 0: the seed CNN's splits are full's (all training images), shared with step 5.
+        # Seed 0: the baseline CNN's splits are full's (all training images), shared with step 5.
         profile = self.profile("full")
         folder = self.run_folder("full", None) / "baseline_cnn"
         metrics = training.run_experiment(

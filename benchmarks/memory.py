@@ -78,7 +78,7 @@ def step_memory(model, micro_batch: int, accumulation: int, learning_rate: float
         learning_rate=learning_rate,
         gradient_accumulation_steps=accumulation,
     )
-    training.compile_model(model, stage)
+    model.compile(**training.compile_arguments(stage))
     images = jax.ShapeDtypeStruct((micro_batch, *config.IMAGE_SHAPE), "uint8")
     targets = jax.ShapeDtypeStruct((micro_batch, config.NUM_CLASSES), "float32")
     # What fit() does first: create the optimizer's and metrics' variables for these shapes.

@@ -66,7 +66,9 @@ def main(argv=None) -> None:
         # One epoch of warm-up + timed steps; validation and checkpointing come after the timing.
         stage = training.Stage.of(profile, "finetune")
         stage = dataclasses.replace(stage, epochs=1, schedule="constant", patience=1)
-        training.compile_model(model, stage, training.steps_per_epoch(len(images), stage))
+        model.compile(
+            **training.compile_arguments(stage, training.steps_per_epoch(len(images), stage))
+        )
         training.fit(
             model,
             images,

@@ -109,7 +109,7 @@ def main(argv=None) -> None:
         )
         job = training.Job(Path(out_dir), callbacks=(steps, target))
         per_epoch = training.steps_per_epoch(len(splits.x_train), stage)
-        training.compile_model(model, stage, per_epoch)
+        model.compile(**training.compile_arguments(stage, per_epoch))
         training.fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, stage, job)
     reached = [epoch for epoch in target.epochs if epoch["test_accuracy"] >= args.target]
     result = {

@@ -94,3 +94,19 @@ def test_data_info_truncated_real_tarball(real_data_path, tmp_path, name):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {truncated}")
     assert "truncated or corrupted" in result.stderr
+
+
+@pytest.mark.realdata
+def test_a_diverging_run_is_an_error_line_and_records_nothing(
+    real_cifar10, real_data_path, tmp_path
+):
+    # Adam at a learning rate of 10 sends the loss to millions in the first epoch.
+    out = tmp_path / "two_layer_fc"
+    result = run_cli(
+        "train", "two_layer_fc", "--profile", "smoke", "--data", str(real_data_path),
+        "--set", "baseline_learning_rate=10", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: two_layer_fc diverged") and "baseline_learning_rate=10" in error
+    assert "Traceback" not in result.stderr and not (out / "metrics.json").exists()

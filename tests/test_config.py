@@ -233,7 +233,7 @@ def test_experiments_are_one_list_for_the_cli_the_training_and_the_labels():
         name: runs.experiment_label({"experiment": name, "backbone": "resnet50"}) for name in names
     }
     assert labels == {
-        "baseline_cnn": "Seed CNN (from scratch)",
+        "baseline_cnn": "Baseline CNN (from scratch)",
         "two_layer_fc": "Two-layer FC (from scratch)",
         "three_layer_cnn": "Three-layer CNN (from scratch)",
         "head": "resnet50 head only (frozen)",

@@ -47,7 +47,7 @@ def last_json(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-# Trains the seed CNN on one device and on all of them (same data, seed and batches) and
+# Trains the baseline CNN on one device and on all of them (same data, seed and batches) and
 # reports the losses plus what the engine did with the weights and with one global batch.
 EQUIVALENCE = """
 import json
@@ -64,7 +64,7 @@ def train(placement):
     with placement.scope():
         # No dropout: its random masks are drawn per replica under MirroredStrategy.
         model = models.baseline_cnn(dropout_rate=0.0, seed=0)
-        training.compile_model(model, training.Stage("head", learning_rate=1e-3))
+        model.compile(**training.compile_arguments(training.Stage("head", learning_rate=1e-3)))
         history = model.fit(images, targets, batch_size=20, epochs=2, shuffle=False, verbose=0)
         return model, history.history["loss"], model.predict(images[:20], verbose=0)
 

@@ -41,7 +41,7 @@ def test_build_makes_a_baseline_experiment_from_its_builder(name, augment):
     assert model.name == expected.name == name
     assert model.count_params() == expected.count_params()
     layer_names = [layer.name for layer in model.layers]
-    # The two simple baselines train as in the write-ups, without augmentation.
+    # The two simple baselines train as in the MapiAI repository, without augmentation.
     assert ("augmentation" in layer_names) == (augment and name == "baseline_cnn")
     assert spec.augments == (name == "baseline_cnn")
 
@@ -127,7 +127,7 @@ models.set_trainable(recipe, "all", train_bn=True)
 for model in (models.build_transfer_model(config.profile("smoke", weights=None)),
               models.baseline_cnn(augment=True, seed=0), recipe):
     # jit_compile="auto", as in training
-    training.compile_model(model, training.Stage("head", learning_rate=1e-3))
+    model.compile(**training.compile_arguments(training.Stage("head", learning_rate=1e-3)))
     loss = model.train_on_batch(images, training.one_hot(np.arange(4)))
     resolved[model.name] = [model.jit_compile, bool(np.all(np.isfinite(loss)))]
 print(json.dumps(resolved))
@@ -382,8 +382,3 @@ def test_an_unreadable_local_weights_file_is_named(tmp_path):
     path.write_bytes(b"not an HDF5 file")
     with pytest.raises(models.WeightsError, match="resnet50_notop.h5"):
         models.transfer_model(backbone="resnet50", weights=str(path), image_size=32)
-
-
-def test_gradual_unfreezing_steps():
-    assert models.gradual_steps(175) == ["top:5", "top:10", "top:15", "top:20"]
-    assert models.gradual_steps(12) == ["top:5", "top:10", "top:12", "top:12"]

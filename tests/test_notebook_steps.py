@@ -1,4 +1,4 @@
-"""The package calls the notebooks show: profile choice, the Experiment steps, the results
+"""The package calls the notebooks show: profile choice, freezing and unfreezing, the results
 notebook 05 finds, the measured times they print, and the one-seed time comparison."""
 
 import json
@@ -44,38 +44,39 @@ def test_auto_profile_is_quick_on_a_cpu_and_paper_on_a_gpu(gpu, expected, monkey
         hardware.choose_profile("quik")
 
 
-def test_experiment_steps_freeze_then_unfreeze_and_recompile(tmp_path):
+def test_head_stage_freezes_the_backbone_and_fine_tuning_unfreezes_from_the_profile(tmp_path):
     profile = config.profile("smoke", **SMALL)
     splits = synthetic_splits()
-    head = training.Experiment("head", profile, splits=splits)
-    model = head.build()
-    table = head.set_trainable()
+    training.run_experiment("head", profile, splits=splits)
+    head = runs.load_model(runs.run_dir("smoke", "head") / "model.keras")
+    table = models.trainable_table(head)
     trains = dict(zip(table["part"], table["trains"], strict=True))
     assert trains["head"] == "all"
     assert {value for part, value in trains.items() if part.startswith("backbone ")} == {"no"}
-    assert head.trainee.compiled and not model.get_layer("backbone").trainable
-    assert [type(c).__name__ for c in head.callbacks][:2] == [
-        "TerminateOnNaN",
-        "AtomicBackupAndRestore",
-    ]
-    head.fit()
-    head.evaluate()
 
-    finetune = training.Experiment("finetune", profile, splits=splits)
-    model = finetune.build()  # the head run just written
-    before = models.trainable_table(model)
-    assert before.loc[before["part"] == "backbone conv5", "trains"].item() == "no"
-    after = finetune.set_trainable()
+    run = training.setup("finetune", profile, splits=splits)
+    model = training.load_head_model(run)  # the head run just written
+    models.set_trainable(model, profile.unfreeze, train_bn=profile.train_bn)
+    after = models.trainable_table(model)
     assert after.loc[after["part"] == "backbone conv5", "trains"].item() == "part"  # BN frozen
     assert after.loc[after["part"] == "backbone conv1", "trains"].item() == "no"
-    assert model.compiled and model.optimizer.learning_rate is not None
-    history = finetune.fit()
-    metrics = finetune.evaluate()
-    assert list(history["stage"].unique()) == ["finetune"]
+    metrics = training.run_experiment("finetune", profile, splits=splits)
     assert metrics["epochs"] == profile.finetune_epochs and "tta_test_accuracy" in metrics
-    stored = runs.load_run(finetune.out_dir)
+    stored = runs.load_run(runs.run_dir("smoke", "finetune"))
     assert list(stored.history["stage"].unique()) == ["head", "finetune"]
     assert np.array_equal(stored.predicted, stored.probabilities.argmax(axis=1))
+
+
+def test_stage_callbacks_run_reduce_lr_on_plateau_with_the_plateau_schedule(tmp_path):
+    names = [
+        type(c).__name__ for c in training.stage_callbacks(training.Stage("finetune"), tmp_path)
+    ]
+    assert names[:2] == ["TerminateOnNaN", "AtomicBackupAndRestore"] and names[-1] == "CSVLogger"
+    assert "ReduceLROnPlateau" not in names  # a constant rate stays constant
+    plateau = training.Stage.of(config.profile("quick"), "finetune")
+    assert plateau.schedule == "plateau"  # the default
+    names = [type(c).__name__ for c in training.stage_callbacks(plateau, tmp_path)]
+    assert "ReduceLROnPlateau" in names and ("SwapEMAWeights" in names) == plateau.use_ema
 
 
 def test_fit_refuses_a_model_that_was_not_compiled(tmp_path):

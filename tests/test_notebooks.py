@@ -216,4 +216,4 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
         "finetune_curves.png",
         "best_reliability.png",
     } <= set(figures)
-    assert "\n| Seed CNN (from scratch) " in result.stdout  # a row of the printed table
+    assert "\n| Baseline CNN (from scratch) " in result.stdout  # a row of the printed table

@@ -67,7 +67,7 @@ def test_an_explicit_precision_overrides_auto_and_a_bad_one_is_refused(monkeypat
 def test_float16_models_are_compiled_with_loss_scaling():
     keras.config.set_dtype_policy("mixed_float16")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10, activation="softmax")])
-    training.compile_model(model, training.Stage("head", learning_rate=1e-3))
+    model.compile(**training.compile_arguments(training.Stage("head", learning_rate=1e-3)))
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
 
 

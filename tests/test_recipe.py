@@ -123,7 +123,7 @@ def test_ema_run_ends_with_the_moving_average_of_its_weights(tmp_path):
     images, labels = tiny_data(32)
     model, raw = tiny_model(), RawKernels()
     stage = finetune_stage(learning_rate=0.05, use_ema=True, patience=5)
-    training.compile_model(model, stage, training.steps_per_epoch(len(images), stage))
+    model.compile(**training.compile_arguments(stage, training.steps_per_epoch(len(images), stage)))
     training.fit(
         model,
         images,
@@ -170,7 +170,7 @@ def finetune_all(model, train_bn: bool, tmp_path):
     images, labels = tiny_data(16)
     models.set_trainable(model, "all", train_bn=train_bn)
     stage = finetune_stage(learning_rate=1e-3)
-    training.compile_model(model, stage, training.steps_per_epoch(len(images), stage))
+    model.compile(**training.compile_arguments(stage, training.steps_per_epoch(len(images), stage)))
     training.fit(model, images, labels, images[:8], labels[:8], stage, training.Job(tmp_path))
 
 
@@ -217,11 +217,24 @@ def test_stochastic_depth_needs_an_efficientnet_lite_backbone():
 # ---------------------------------------------------------------- MixUp, CutMix, RandAugment
 
 
+def test_plain_batches_are_the_images_and_one_hot_labels_in_a_shuffled_order():
+    images, labels = tiny_data(20)
+    stage = finetune_stage()
+    batches = training.Batches(images, labels, stage, seed=0)
+    seen = np.concatenate([batches[index][0] for index in range(len(batches))])
+    labels_seen = np.concatenate([batches[index][1] for index in range(len(batches))])
+    assert len(batches) == 3 and seen.dtype == images.dtype
+    # every image once, with its own label, not in the stored order
+    rows = [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in seen]
+    assert sorted(rows) == list(range(20)) and rows != list(range(20))
+    np.testing.assert_array_equal(labels_seen, training.one_hot(labels[rows]))
+
+
 @pytest.mark.parametrize("mixing", ["mixup", "cutmix"])
 def test_mixed_batches_mix_images_and_labels_and_reshuffle(mixing):
     images, labels = tiny_data(20)
     stage = finetune_stage(mixing=mixing, randaugment=True)
-    batches = training.MixedBatches(images, training.one_hot(labels), 8, stage, seed=0)
+    batches = training.Batches(images, labels, stage, seed=0)
     assert len(batches) == 3
     x, y = batches[0]
     assert x.shape == (8, *config.IMAGE_SHAPE) and y.shape == (8, config.NUM_CLASSES)
@@ -237,7 +250,7 @@ def test_fit_trains_through_mixed_batches(tmp_path):
     images, labels = tiny_data(32)
     stage = finetune_stage(mixing="cutmix", randaugment=True, epochs=2, patience=5)
     model = tiny_model()
-    training.compile_model(model, stage, training.steps_per_epoch(len(images), stage))
+    model.compile(**training.compile_arguments(stage, training.steps_per_epoch(len(images), stage)))
     history = training.fit(
         model, images, labels, images[:8], labels[:8], stage, training.Job(tmp_path)
     )

@@ -120,7 +120,7 @@ def test_batch_size_of_a_baseline_is_the_one_it_trains_with_and_records(tmp_path
         (["--epochs", "0"], "head_epochs=0: expected an integer from 1 to 1000 (epochs)"),
         (["--epochs", "-1"], "head_epochs=-1: expected an integer from 1 to 1000"),
         (["--image-size", "10000"], "image_size=10000: expected an integer from 32 to 512 (px)"),
-        (["--unfreeze", "bogus"], "unfreeze='bogus': expected head, all, gradual, top:N"),
+        (["--unfreeze", "bogus"], "unfreeze='bogus': expected head, all, top:N"),
         (["--set", "dropout_rate=1.5"], r"dropout_rate=1.5: expected a number in \[0, 1\)"),
         (["--set", "head_learning_rate=0"], "head_learning_rate=0.0: expected a learning rate"),
         (["--set", "optimizer=lamb"], "optimizer='lamb': expected one of adam, adamw, sgd"),

@@ -219,6 +219,7 @@ def _trial(folder, experiment, accuracy, **settings):
             "image_size": image_size,
             "wall_time_s": 120.0,
             "git_commit": "abc1234",
+            "seed": profile["seed"],
             "profile": profile,
         },
     )
@@ -245,6 +246,26 @@ def test_trials_table_reads_what_each_trial_changed_from_its_profile(tmp_path):
     assert "84.21%" in lite0 and "| no " in lite0  # no EMA
     with pytest.raises(FileNotFoundError, match="no \\*/metrics.json"):
         reports.trials_markdown(tmp_path / "empty")
+
+
+def test_trials_over_seeds_are_averaged_per_arm(tmp_path):
+    for seed, accuracy in ((42, 0.86), (43, 0.88)):
+        _trial(tmp_path / f"plateau-seed{seed}-finetune", "finetune", accuracy, seed=seed)
+        _trial(
+            tmp_path / f"cosine-seed{seed}-finetune",
+            "finetune",
+            0.85,
+            seed=seed,
+            lr_schedule="cosine",
+        )
+    _trial(tmp_path / "lite0-all", "finetune", 0.5)  # one run: not a trial over seeds
+    lines = reports.seed_groups_markdown(tmp_path).splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| arm")
+    cosine, plateau = lines[2], lines[3]
+    assert "cosine-finetune" in cosine and "| cosine " in cosine and "85.00% ± 0.00" in cosine
+    assert "| 42, 43 " in plateau and "87.00% ± 1.41" in plateau
+    with pytest.raises(FileNotFoundError, match="over seeds"):
+        reports.seed_groups_markdown(tmp_path / "empty")
 
 
 def test_refresh_regenerates_summaries_and_every_readme_table(tmp_path):

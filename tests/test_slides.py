@@ -46,7 +46,7 @@ def fake_outputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("outputs")
     results, figures = root / "results" / PROFILE, root / "images" / PROFILE
     labels = {
-        "baseline_cnn": "Seed CNN (from scratch)",
+        "baseline_cnn": "Baseline CNN (from scratch)",
         "head": "efficientnet_lite0 head only (frozen)",
         "finetune": "efficientnet_lite0 fine-tuned",
     }

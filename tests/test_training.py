@@ -171,6 +171,27 @@ def test_finetune_starts_from_the_head_run_and_keeps_bn_frozen(tmp_path):
         )
 
 
+def test_chance_accuracy_is_a_warning_and_a_blown_up_loss_an_error(tmp_path, capsys):
+    run = training.setup(
+        "two_layer_fc", config.profile("smoke", **SMALL), splits=synthetic_splits(),
+        out_dir=tmp_path / "two_layer_fc",
+    )  # fmt: skip
+    training.check_converged(run, pd.DataFrame({"loss": [2.1]}), LEARNT)
+    assert "warning" not in capsys.readouterr().out
+    training.check_converged(run, pd.DataFrame({"loss": [2.3]}), AT_CHANCE)
+    assert capsys.readouterr().out.startswith("warning: two_layer_fc ends at chance accuracy")
+    with pytest.raises(training.TrainingDiverged, match="baseline_learning_rate="):
+        training.check_converged(run, pd.DataFrame({"loss": [2.3, np.nan]}), LEARNT)
+    with pytest.raises(training.TrainingDiverged, match="loss 14.5"):
+        training.check_converged(
+            run, pd.DataFrame({"loss": [1e6]}), {**AT_CHANCE, "test_loss": 14.5}
+        )
+
+
+LEARNT = {"test_accuracy": 0.6, "test_loss": 1.1}
+AT_CHANCE = {"test_accuracy": 0.1, "test_loss": 2.31}
+
+
 def test_bad_experiment_and_setting_are_value_errors():
     with pytest.raises(ValueError, match="experiment must be one of"):
         training.run_experiment("resnet", config.profile("smoke"))
@@ -213,7 +234,7 @@ def test_core_training_path_runs_on_another_backend(tmp_path, backend):
 
 @pytest.mark.realdata
 def test_seed_cnn_learns_real_cifar10(real_cifar10, tmp_path):
-    """The seed CNN, 2 epochs on 10k real images: clearly above chance (10%)."""
+    """The baseline CNN, 2 epochs on 10k real images: clearly above chance (10%)."""
     splits = data.make_splits(
         real_cifar10, train_size=10_000, val_size=1_000, test_size=2_000, seed=42
     )

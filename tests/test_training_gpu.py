@@ -160,7 +160,7 @@ def fit_tiny(tmp_path, batch_size, accumulation):
         gradient_accumulation_steps=accumulation,
     )
     job = training.Job(tmp_path, callbacks=(steps,))
-    training.compile_model(model, stage, training.steps_per_epoch(len(images), stage))
+    model.compile(**training.compile_arguments(stage, training.steps_per_epoch(len(images), stage)))
     history = training.fit(model, images, labels, images[:4], labels[:4], stage, job)
     return model, steps.kernels, history
 

@@ -54,7 +54,7 @@ SHORTCUTS = {
     "weights": "imagenet, none (random init) or a local weights file (offline)",
     "image_size": "px the 32x32 input is resized to inside the model",
     "batch_size": "images per optimizer update (global)",
-    "unfreeze": "head | top:N | stage:NAME | gradual | all",
+    "unfreeze": "head | top:N | stage:NAME | all",
     "seed": "random seed",
     "precision": "dtype policy: auto (float32 on a CPU, mixed_float16 on a GPU below compute "
     "capability 8.0 such as a T4, mixed_bfloat16 from 8.0 on), float32, mixed_float16, "
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=int,
         default=1,
-        help="train the seed CNN, head and fine-tuning with this many seeds (the profile's "
+        help="train the baseline CNN, head and fine-tuning with this many seeds (the profile's "
         "seed, then +1, +2, ...); the table reports mean ± std (default: 1)",
     )
     rerun.set_defaults(handler=cmd_reproduce)

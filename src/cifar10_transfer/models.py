@@ -488,19 +488,16 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 # ---------------------------------------------------------------- freezing
 
 
-def set_trainable(model: keras.Model, unfreeze: str, train_bn: bool = False) -> int:
-    """Set what the backbone trains; return the number of trainable weights of ``model``.
+def layers_to_train(backbone: keras.Model, unfreeze: str, train_bn: bool = False) -> set[str]:
+    """The names of the backbone layers that fine-tuning trains.
 
-    unfreeze: "head" (backbone frozen), "top:N" (last N backbone layers), "stage:NAME"
-    (from the first layer named NAME* to the end, e.g. "stage:conv5" or "stage:block6"),
-    or "all". BatchNormalization layers stay frozen unless ``train_bn``.
-    Recompile the model afterwards: Keras reads ``trainable`` when compiling.
+    unfreeze: "head" (none), "top:N" (last N backbone layers), "stage:NAME" (from the first
+    layer named NAME* to the end, e.g. "stage:conv5" or "stage:block6"), or "all".
+    BatchNormalization layers stay frozen (in inference mode) unless ``train_bn``.
     """
-    backbone = model.get_layer("backbone")
     backbone_layers = backbone.layers
     if unfreeze == "head":
-        backbone.trainable = False
-        return len(model.trainable_weights)
+        return set()
     if unfreeze == "all":
         first = 0
     elif unfreeze.startswith("top:"):
@@ -516,10 +513,22 @@ def set_trainable(model: keras.Model, unfreeze: str, train_bn: bool = False) -> 
         raise ValueError(
             f"unfreeze must be 'head', 'top:N', 'stage:NAME' or 'all', got {unfreeze!r}"
         )
-    backbone.trainable = True
-    for index, layer in enumerate(backbone_layers):
-        is_bn = isinstance(layer, layers.BatchNormalization)
-        layer.trainable = index >= first and (train_bn or not is_bn)
+    return {
+        layer.name
+        for layer in backbone_layers[first:]
+        if train_bn or not isinstance(layer, layers.BatchNormalization)
+    }
+
+
+def set_trainable(model: keras.Model, unfreeze: str, train_bn: bool = False) -> int:
+    """Train the backbone layers ``layers_to_train`` picks (none for "head": the backbone
+    frozen); return the number of trainable weights of ``model``. Recompile the model
+    afterwards: Keras reads ``trainable`` when compiling."""
+    backbone = model.get_layer("backbone")
+    chosen = layers_to_train(backbone, unfreeze, train_bn)
+    backbone.trainable = bool(chosen)
+    for layer in backbone.layers:
+        layer.trainable = layer.name in chosen
     return len(model.trainable_weights)
 
 
@@ -557,14 +566,6 @@ def _positive_int(text: str, unfreeze: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise ValueError(f"unfreeze {unfreeze!r}: N must be a positive integer")
     return int(text)
-
-
-GRADUAL_STEPS = 4  # gradual unfreezing: how many times it unfreezes more
-
-
-def gradual_steps(total_layers: int, step: int = 5, steps: int = GRADUAL_STEPS) -> list[str]:
-    """Gradual unfreezing: top 5, 10, 15, 20 layers (each stage at a lower learning rate)."""
-    return [f"top:{min(step * (i + 1), total_layers)}" for i in range(steps)]
 
 
 def build_transfer_model(profile: config.Profile) -> keras.Model:

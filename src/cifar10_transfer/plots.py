@@ -584,7 +584,7 @@ def comparison_bars(
     prior_as: str = "lines",
     spread: dict | None = None,
 ):
-    """Our test accuracies (name -> fraction) as bars against the prior write-ups' figures.
+    """Our test accuracies (name -> fraction) as bars against prior published figures.
 
     ``spread``: name -> standard deviation over seeds (fraction), drawn as an error bar of
     one std each side; names missing from it, or with NaN (a single seed), get none.

@@ -10,6 +10,7 @@ benchmark summary use this module without one.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,45 @@ def trials_markdown(trials_dir: str | os.PathLike) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
+def seed_groups_markdown(trials_dir: str | os.PathLike) -> str:
+    """The README's table of trials repeated over seeds (folders named ``<arm>-seed<N>...``):
+    for each arm, model and schedule the mean ± sample standard deviation over its seeds."""
+    rows = []
+    for path in sorted(Path(trials_dir).glob("*/metrics.json")):
+        if not re.search(r"-seed\d+", path.parent.name):
+            continue
+        metrics = fileio.read_json(path)
+        rows.append(
+            {
+                "arm": re.sub(r"-seed\d+", "", path.parent.name),
+                "model": runs.experiment_label(metrics),
+                "schedule": metrics["profile"]["lr_schedule"],
+                "seed": metrics["seed"],
+                "test_accuracy": metrics["test_accuracy"],
+                "tta": metrics.get("tta_test_accuracy"),
+                "code": metrics.get("git_commit") or "?",
+            }
+        )
+    if not rows:
+        raise FileNotFoundError(f"{trials_dir}: no */metrics.json of a trial over seeds")
+    grouped = pd.DataFrame(rows).groupby(["arm", "model", "schedule"], sort=True)
+    table = pd.DataFrame(
+        {
+            "seeds": grouped["seed"].agg(lambda seeds: ", ".join(map(str, sorted(seeds)))),
+            "test accuracy": [
+                _mean_std(group["test_accuracy"].mean(), group["test_accuracy"].std())
+                for _, group in grouped
+            ],
+            "with flip TTA": [
+                _mean_std(group["tta"].astype(float).mean(), group["tta"].astype(float).std())
+                for _, group in grouped
+            ],
+            "code": grouped["code"].agg(lambda commits: ",".join(sorted(set(commits)))),
+        }
+    ).reset_index()
+    return table.to_markdown(index=False, disable_numparse=True)
+
+
 def _recipe(profile: config.Profile) -> str:
     parts = [
         profile.optimizer + (f" wd {profile.weight_decay:g}" if profile.weight_decay else ""),
@@ -357,6 +397,9 @@ def refresh_tables(results_root=None, readme=None) -> list[str]:
     if trials.is_dir() and "<!-- trials-quick:start -->" in text:
         update_readme(trials_markdown(trials), readme, marker="trials-quick")
         done.append("recipe trials")
+    if trials.is_dir() and "<!-- seed-trials-quick:start -->" in text:
+        update_readme(seed_groups_markdown(trials), readme, marker="seed-trials-quick")
+        done.append("recipe trials over seeds")
     return done
 
 

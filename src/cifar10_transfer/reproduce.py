@@ -1,6 +1,6 @@
 """``make reproduce``: run notebooks 01-05 with papermill, then publish the results table.
 
-With ``seeds`` > 1 the seed CNN, the head stage and fine-tuning are trained again with the
+With ``seeds`` > 1 the baseline CNN, the head stage and fine-tuning are trained again with the
 next seeds (profile seed + 1, + 2, ...) between notebooks 04 and 05, and published to
 ``results/<profile>/seeds/<seed>/``; notebook 05 and the table then report mean ± std.
 Executed notebooks, and the seconds each step took (``timings.json``), are saved to
@@ -189,6 +189,26 @@ def expected_time(profile_name: str, notebook: str) -> str:
     return (
         f"{notebook} took {seconds / 60:.1f} min in the committed make reproduce of "
         f"{profile_name!r} on {device}"
+    )
+
+
+def expected_result(profile_name: str, experiment: str) -> str:
+    """What ``experiment`` reached in the committed ``make reproduce`` of ``profile_name``
+    (results/<profile>/*/metrics.json and seeds/), as a sentence for a notebook to print."""
+    folder = config.COMMITTED_RESULTS / profile_name
+    try:
+        table = reports.summary_table(folder)
+        row = table.set_index("experiment").loc[experiment]
+    except (OSError, ValueError, KeyError):
+        return (
+            f"no committed result of {experiment} for profile {profile_name!r} yet "
+            f"(make reproduce PROFILE={profile_name} makes one)"
+        )
+    spread = "" if row["seeds"] < 2 else f" ± {100 * row['test_accuracy_std']:.2f}"
+    return (
+        f"expect about {100 * row['test_accuracy']:.2f}%{spread} test accuracy: {row['model']} "
+        f"in the committed make reproduce of {profile_name!r} (mean over {row['seeds']} "
+        f"seed(s), {row['device']}, {row['backend']}, commit {row['git_commit']})"
     )
 
 

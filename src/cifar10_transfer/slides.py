@@ -172,7 +172,6 @@ def _unfreeze(unfreeze: str) -> str:
         "top": f"unfreeze the top {name} layers",
         "stage": f"unfreeze from {name} on",
         "all": "unfreeze every layer",
-        "gradual": "gradual unfreezing",
     }
     return descriptions.get(kind, f"unfreeze {unfreeze}")
 
@@ -240,7 +239,7 @@ def title_slide(figure: Figure, deck: Deck) -> None:
         weight="bold",
     )
     against = (
-        f"against {percent(baseline.test_accuracy)} for the seed CNN trained from scratch"
+        f"against {percent(baseline.test_accuracy)} for the baseline CNN trained from scratch"
         if baseline is not None
         else "(no seed-CNN run in this profile to compare with)"
     )
@@ -266,7 +265,7 @@ def problem_slide(figure: Figure, deck: Deck) -> None:
         [
             f"Label a {deck.image_size} colour photo with one of {len(classes)} classes: "
             f"{', '.join(classes)}.",
-            f"Earlier write-ups (literature figures, not our runs) range from {percent(low)} "
+            f"Prior results (published figures, not our runs) range from {percent(low)} "
             f"for the {low_name} to {percent(high)} for {high_name}.",
             "Question: how much does an ImageNet-pretrained backbone add over a CNN trained "
             "from scratch on the same images, and at what compute cost?",
@@ -316,7 +315,7 @@ def method_slide(figure: Figure, deck: Deck) -> None:
         (
             "1 · Baselines",
             [
-                "seed CNN, two-layer FC and three-layer CNN from scratch",
+                "baseline CNN, two-layer FC and three-layer CNN from scratch",
                 f"{_plural(settings['baseline_epochs'], 'epoch')}, "
                 f"Adam {settings['baseline_learning_rate']:g}",
             ],
@@ -607,8 +606,8 @@ def next_steps_slide(figure: Figure, deck: Deck) -> None:
         items.append("Run the full profile on a GPU: make reproduce PROFILE=full.")
     paper = config.PROFILES["paper"]
     items += [
-        f"Like-for-like with the write-ups ({paper.backbone}, {paper.train_size:,} training "
-        "images): make reproduce PROFILE=paper.",
+        f"Like-for-like with the MapiAI repository ({paper.backbone}, "
+        f"{paper.train_size:,} training images): make reproduce PROFILE=paper.",
     ]
     if deck.runs["seeds"].max() <= 1:
         items.append(

@@ -1,12 +1,14 @@
-"""Training engine: the from-scratch baselines, the frozen-backbone head stage and
-fine-tuning, read top to bottom as single-device code.
+"""Training: the from-scratch baselines, the frozen-backbone head stage and fine-tuning,
+as small functions that return Keras objects, read top to bottom as single-device code.
 
-``Experiment`` is one experiment as the steps a reader follows: set-up (device, seed,
-precision, data), ``build``, ``set_trainable`` (freeze or unfreeze, then recompile), ``fit``
-with its callbacks, and ``evaluate``, which writes the run folder (``runs``). The notebooks
-show those steps one cell each; ``run_experiment`` (the CLI's) takes them in order. Each
-stage's settings are a ``Stage``, read from the profile. Placement on several devices or
-machines is one ``Placement`` object (``distribute``).
+One experiment is ``setup`` (settings checked, seed, precision, data, run folder), a model
+from ``models``, ``trainable`` set, ``model.compile(**compile_arguments(...))``,
+``model.fit`` with ``stage_callbacks`` on ``Batches``, and ``save_run`` (the run folder).
+Notebooks 02-04 write those Keras calls out in their cells; ``run_experiment`` (the CLI's
+``train`` and ``make reproduce``) makes the same calls. Each stage's settings are a
+``Stage``, read from the profile. Several devices or machines are one ``Placement``
+(``distribute``), chosen in ``setup`` and used at the edges: the scope models are built in,
+each process's rows, prediction and the run folder's writing.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ RANDAUGMENT_FACTOR = 0.5  # ...and their strength (0..1)
 PLATEAU_FACTOR = 0.2  # ReduceLROnPlateau: multiply the learning rate by this...
 PLATEAU_PATIENCE = 2  # ...after this many epochs without val_loss improvement
 MIN_LEARNING_RATE = 1e-7
-GRADUAL_DECAY = 0.5  # gradual unfreezing: each step's learning rate relative to the previous
 
 
 def set_seed(seed: int) -> None:
@@ -128,13 +129,12 @@ class Stage:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """Where a run trains: its working folder, whether it resumes, extra Keras callbacks
-    (e.g. for tests) and its device placement."""
+    """Where a stage trains: its working folder, whether it resumes, and extra Keras
+    callbacks (a benchmark's timer, a test's probe)."""
 
     out_dir: Path
     resume: bool = False
     callbacks: tuple = ()
-    placement: distribute.Placement = distribute.Placement()
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -194,7 +194,7 @@ def micro_batch_size(batch_size: int, gradient_accumulation_steps: int) -> int:
 def learning_rate_schedule(stage: Stage, steps_per_epoch: int):
     """The stage's initial rate, or its warm-up + cosine schedule over fit() steps."""
     if stage.schedule != "cosine":
-        return stage.learning_rate  # constant, or lowered by ReduceLROnPlateau
+        return float(stage.learning_rate)  # constant, or lowered by ReduceLROnPlateau
     # Keras evaluates a schedule at the micro-step count (optimizer._iterations, while
     # optimizer.iterations counts updates), and with N micro-steps per update, update j runs
     # at micro-step j * N + N - 1. Counting the schedule in micro-steps, with a flat "warm-up"
@@ -240,28 +240,36 @@ def make_optimizer(stage: Stage, steps_per_epoch: int) -> keras.optimizers.Optim
     return optimizer
 
 
-def compile_model(model, stage: Stage, steps_per_epoch: int = 1) -> None:
-    """The stage's optimizer + categorical cross-entropy (one-hot targets, for label
-    smoothing and mixed labels)."""
-    model.compile(
-        optimizer=make_optimizer(stage, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=stage.label_smoothing),
-        metrics=["accuracy"],
-    )
+def compile_arguments(stage: Stage, steps_per_epoch: int = 1) -> dict:
+    """``model.compile``'s arguments for the stage: its optimizer, and categorical
+    cross-entropy on one-hot targets (for label smoothing and mixed labels)."""
+    return {
+        "optimizer": make_optimizer(stage, steps_per_epoch),
+        "loss": keras.losses.CategoricalCrossentropy(label_smoothing=stage.label_smoothing),
+        "metrics": ["accuracy"],
+    }
 
 
 def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(config.NUM_CLASSES, dtype="float32")[labels]
 
 
-class MixedBatches(keras.utils.PyDataset):
-    """Training batches passed through Keras's batch augmentation layers: RandAugment, then
-    MixUp or CutMix. These mix labels too, so they run here, on each batch before the train
-    step, rather than inside the model; the order is reshuffled every epoch."""
+def verbosity() -> int:
+    """fit()'s progress bar, or one line per epoch with CIFAR10_VERBOSE=0 (logs, CI)."""
+    return 1 if os.environ.get("CIFAR10_VERBOSE", "1") != "0" else 2
 
-    def __init__(self, images, labels, batch_size: int, stage: Stage, seed: int, **kwargs):
+
+class Batches(keras.utils.PyDataset):
+    """Shuffled training batches of ``stage.micro_batch_size`` images and one-hot labels,
+    reshuffled every epoch. With the stage's RandAugment, MixUp or CutMix (Keras layers) each
+    batch passes through them here, before the train step, because they mix labels too."""
+
+    def __init__(self, images, labels, stage: Stage, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.images, self.labels = images, one_hot(labels)
+        # On several machines each process feeds its own rows (placement.local) and its
+        # share of every batch.
+        self.batch_size = stage.micro_batch_size // distribute.process_count()
         self.layers = []
         if stage.randaugment:
             self.layers.append(
@@ -284,10 +292,10 @@ class MixedBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        batch = {
-            "images": self.images[rows].astype("float32"),
-            "labels": self.labels[rows],
-        }
+        images, labels = self.images[rows], self.labels[rows]
+        if not self.layers:
+            return images, labels
+        batch = {"images": images.astype("float32"), "labels": labels}
         for layer in self.layers:
             batch = layer(batch, training=True)
         # The model's uint8 input takes mixed pixels (0..255 floats) rounded to the nearest.
@@ -299,17 +307,20 @@ class MixedBatches(keras.utils.PyDataset):
 
 
 def steps_per_epoch(images: int, stage: Stage) -> int:
-    """Micro-batches per epoch: what the learning-rate schedule counts in."""
+    """fit() steps (micro-batches) per epoch: what the learning-rate schedule counts in."""
     return int(np.ceil(images / stage.micro_batch_size))
 
 
-def stage_callbacks(stage: Stage, job: Job) -> list:
+HISTORY_PART = "history.part.csv"  # CSVLogger's file while a stage trains
+
+
+def stage_callbacks(stage: Stage, out_dir: Path, resume: bool = False) -> list:
     """What every ``fit`` runs with, in this order (the order matters where noted)."""
     return [
         keras.callbacks.TerminateOnNaN(),
         # Resume: restores the model, optimizer and epoch after Ctrl-C or a killed process.
         # Before SwapEMAWeights, so that it saves the trained weights, not their average.
-        AtomicBackupAndRestore(str(job.out_dir / "backup")),
+        AtomicBackupAndRestore(str(out_dir / "backup")),
         # With EMA: validation, early stopping (whose best weights the model ends with)
         # and the checkpoint all see the moving average of the weights.
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if stage.use_ema else []),
@@ -317,7 +328,7 @@ def stage_callbacks(stage: Stage, job: Job) -> list:
             monitor="val_accuracy", patience=stage.patience, restore_best_weights=True
         ),
         keras.callbacks.ModelCheckpoint(
-            str(job.out_dir / "checkpoint.keras"), monitor="val_accuracy", save_best_only=True
+            str(out_dir / "checkpoint.keras"), monitor="val_accuracy", save_best_only=True
         ),
         *(
             [
@@ -333,57 +344,42 @@ def stage_callbacks(stage: Stage, job: Job) -> list:
         ),
         # Before CSVLogger, so that the learning rate reaches history.csv.
         LearningRateLogger(),
-        keras.callbacks.CSVLogger(str(job.out_dir / HISTORY_PART), append=job.resume),
-        *job.callbacks,
+        keras.callbacks.CSVLogger(str(out_dir / HISTORY_PART), append=resume),
     ]
 
 
-HISTORY_PART = "history.part.csv"  # CSVLogger's file while a stage trains
-
-
-def fit(
-    model, x_train, y_train, x_val, y_val, stage: Stage, job: Job, seed: int = 0, callbacks=None
-):
-    """Fit one stage of a model compiled for it (``compile_model``, after any change to
-    ``trainable``); return its history (one row per epoch).
+def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job, seed: int = 0):
+    """``model.fit`` for one stage of a model compiled for it (``compile_arguments``, after
+    any change to ``trainable``), with ``stage_callbacks``; returns its history (one row per
+    epoch, all of them after a resume).
 
     ``stage.batch_size`` images make one optimizer update; with
     ``stage.gradient_accumulation_steps`` N they are fed as N micro-batches of batch_size / N,
-    whose gradients are averaged. ``seed`` seeds the batch augmentation (MixedBatches).
-    ``callbacks``: default ``stage_callbacks(stage, job)``.
+    whose gradients are averaged. ``seed`` seeds the batches' order and augmentation.
     """
     if not model.compiled:
-        raise ValueError(f"{model.name}: compile it first (training.compile_model)")
-    # On several machines each process feeds its own rows, micro_batch / processes at a time.
-    x_train, y_train, x_val, y_val = job.placement.local(x_train, y_train, x_val, y_val)
-    batch_size = job.placement.local_batch(stage.micro_batch_size)
-    train = {"x": x_train, "y": one_hot(y_train), "batch_size": batch_size, "shuffle": True}
-    if stage.mixing != "none" or stage.randaugment:
-        train = {"x": MixedBatches(x_train, train["y"], batch_size, stage, seed)}
+        raise ValueError(f"{model.name}: compile it first (training.compile_arguments)")
     model.fit(
-        **train,
+        Batches(x_train, y_train, stage, seed),
         validation_data=(x_val, one_hot(y_val)),
         epochs=stage.epochs,
-        callbacks=stage_callbacks(stage, job) if callbacks is None else callbacks,
-        verbose=1 if os.environ.get("CIFAR10_VERBOSE", "1") != "0" else 2,
+        callbacks=[*stage_callbacks(stage, job.out_dir, job.resume), *job.callbacks],
+        verbose=verbosity(),
     )
-    # CSVLogger numbers epochs from 0 per stage; run_experiment renumbers across stages.
-    part = job.out_dir / HISTORY_PART
+    return read_history(job.out_dir)
+
+
+def read_history(out_dir: Path, remove: bool = False) -> pd.DataFrame:
+    """The stage's history from CSVLogger's file (``remove``: then deleted, once the run is
+    recorded); ``save_run`` numbers the epochs across stages."""
+    part = Path(out_dir) / HISTORY_PART
     history = pd.read_csv(part).drop(columns=["epoch"])
-    part.unlink()
+    if remove:
+        part.unlink()
     return history
 
 
-# ---------------------------------------------------------------- stages
-
-
-def train_on_images(model, splits, stage: Stage, job: Job):
-    """Compile and fit on the images, predict the test set: the head stage without the
-    feature cache (benchmarks/feature_cache.py). Returns (history, test_probabilities)."""
-    compile_model(model, stage, steps_per_epoch(len(splits.x_train), stage))
-    history = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, stage, job)
-    return history, job.placement.predict(model, splits.x_test, stage.batch_size)
-
+# ---------------------------------------------------------------- the head stage's features
 
 FEATURE_SPLITS = ("train", "val", "test")
 
@@ -409,31 +405,6 @@ def _load_features(cache_file: Path, splits) -> dict | None:
         return None
 
 
-def cached_features(model, splits, cache_file: Path, batch_size: int, placement) -> dict:
-    """Pooled backbone features for train/val/test, computed once and kept on disk.
-
-    Stored as float32 whatever the dtype policy: NumPy has no bfloat16, so np.savez would
-    write mixed-bfloat16 features as raw bytes (dtype |V2) that load back unusable.
-    """
-    features = None
-    if placement.agree(cache_file.exists()):
-        features = _load_features(cache_file, splits)
-    if placement.agree(features is not None):
-        return features
-    extractor = models.feature_extractor(model)
-    features = {}
-    for split in FEATURE_SPLITS:
-        images = getattr(splits, f"x_{split}")
-        print(f"extracting {split} features: {len(images)} images", flush=True)
-        features[split] = np.asarray(
-            placement.predict(extractor, images, batch_size), dtype=np.float32
-        )
-    if placement.is_chief:
-        with fileio.atomic_path(cache_file) as temporary:
-            np.savez(temporary, **features)
-    return features
-
-
 def _features_key(profile: config.Profile, splits) -> str:
     """Cache key: everything that changes the features. A weights file counts by its
     contents (new weights copied over the same path are new features), and the images by
@@ -454,6 +425,34 @@ def _features_key(profile: config.Profile, splits) -> str:
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()[:16]
+
+
+def head_features(model, run: Setup) -> dict:
+    """The frozen backbone's pooled features of every split, computed once and kept on disk
+    (runs/features/): the head stage then trains on them, about 10x faster than running the
+    backbone every epoch. Stored as float32 whatever the dtype policy: NumPy has no
+    bfloat16, so np.savez would write mixed-bfloat16 features as raw bytes that load back
+    unusable."""
+    profile, splits, placement = run.profile, run.splits, run.placement
+    name = f"{profile.backbone}-{profile.image_size}px-{_features_key(profile, splits)}.npz"
+    cache_file = config.RUNS_DIR / "features" / name
+    features = None
+    if placement.agree(cache_file.exists()):
+        features = _load_features(cache_file, splits)
+    if placement.agree(features is not None):
+        return features
+    extractor = models.feature_extractor(model)
+    features = {}
+    for split in FEATURE_SPLITS:
+        images = getattr(splits, f"x_{split}")
+        print(f"extracting {split} features: {len(images)} images", flush=True)
+        features[split] = np.asarray(
+            placement.predict(extractor, images, run.stage.batch_size), dtype=np.float32
+        )
+    if placement.is_chief:
+        with fileio.atomic_path(cache_file) as temporary:
+            np.savez(temporary, **features)
+    return features
 
 
 # ---------------------------------------------------------------- one experiment, end to end
@@ -505,222 +504,158 @@ def check_prerequisite(prerequisite_dir: Path, profile: config.Profile, splits) 
         )
 
 
-class Experiment:
-    """One experiment in the steps a reader follows; ``run_experiment`` takes them in order,
-    and notebooks 02-04 show them one cell each::
+@dataclasses.dataclass
+class Setup:
+    """One experiment, set up: its settings checked, seed set, data loaded, devices chosen and
+    run folder made (``setup``). ``job`` is where its ``fit`` writes (on several machines a
+    worker's own folder; ``out_dir`` is the run folder)."""
 
-        experiment = training.Experiment("finetune", profile, splits=splits)
-        model = experiment.build()        # new, or (fine-tuning) the head run's model
-        experiment.set_trainable()        # freeze / unfreeze per the profile, then recompile
-        experiment.callbacks              # what fit() runs with
-        history = experiment.fit()
-        metrics = experiment.evaluate()   # test set; writes the run folder
-
-    Every setting is checked when it is created, before any work: no half-made run folder,
-    no late failure. ``data`` is the CIFAR-10 source (``data.load_cifar10``); ``splits``
-    (``data.make_splits``) skips loading; ``callbacks`` are extra Keras callbacks.
-    """
-
-    def __init__(
-        self,
-        experiment: str,
-        profile: config.Profile,
-        data=None,
-        out_dir: str | os.PathLike | None = None,
-        resume: bool = False,
-        devices=None,
-        splits=None,
-        callbacks=(),
-    ):
-        self.spec = spec = config.experiment(experiment)
-        config.check(profile)
-        if spec.stage != "baseline":
-            models.check_profile(profile, fine_tuning=spec.stage == "finetune")
-        self.profile, self.devices = profile, devices
-        self.stage = Stage.of(profile, spec.stage)
-        if profile.unfreeze == "gradual" and spec.stage == "finetune":
-            # each unfreezing step trains a share of the epochs
-            epochs = max(self.stage.epochs // models.GRADUAL_STEPS, 1)
-            self.stage = dataclasses.replace(self.stage, epochs=epochs)
-        self.out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
-        self.started = time.perf_counter()
-        # First: on several machines this joins the cluster, which must precede any JAX device
-        # use. The devices split each fit() step's micro-batch.
-        self.placement = distribute.setup(devices, self.stage.micro_batch_size)
-        if (
-            profile.gradient_accumulation_steps > 1
-            and self.placement.device_count > 1
-            and keras.backend.backend() == "tensorflow"
-        ):
-            # Keras accumulates inside a conditional, which MirroredStrategy cannot
-            # synchronise across devices ("merge_call called while defining a new graph").
-            raise ValueError(
-                f"gradient_accumulation_steps={profile.gradient_accumulation_steps} with "
-                f"{self.placement.device_count} devices needs KERAS_BACKEND=jax: TensorFlow's "
-                "MirroredStrategy does not support Keras's gradient accumulation; use 1 step or "
-                "one device"
-            )
-        hardware.check_accelerator(profile)
-        set_seed(profile.seed)
-        self.precision = hardware.configure_precision(profile.precision)
-        self.splits = datasets.load_splits(profile, data) if splits is None else splits
-        self.placement.check_splits(self.splits)
-        self.job = Job(
-            self.placement.work_dir(self.out_dir), resume, tuple(callbacks), self.placement
-        )
-        self.prerequisite_dir = self.out_dir.parent / (spec.prerequisite or "")
-        if spec.prerequisite and (self.prerequisite_dir / "model.keras").exists():
-            check_prerequisite(self.prerequisite_dir, profile, self.splits)
-        runs.prepare(self.job.out_dir, resume)
-        self.model = self.history = self.features = None
-        self.earlier = None  # the head run's history, before fine-tuning's
-        self.callbacks = stage_callbacks(self.stage, self.job)
+    spec: config.Experiment
+    profile: config.Profile
+    stage: Stage
+    splits: object
+    placement: distribute.Placement
+    precision: str
+    out_dir: Path
+    job: Job
+    started: float
+    devices: object = None
 
     @property
-    def trainee(self) -> keras.Model:
-        """What fit() trains: the head alone on cached features in the head stage."""
-        return self.model.get_layer("head") if self.spec.stage == "head" else self.model
+    def prerequisite_dir(self) -> Path:
+        return self.out_dir.parent / (self.spec.prerequisite or "")
 
-    def build(self) -> keras.Model:
-        """A new model (baselines, head stage), or the head run's for fine-tuning: trained
-        first, in view, when there is none."""
-        if self.spec.prerequisite:
-            if not self.placement.agree((self.prerequisite_dir / "model.keras").exists()):
-                print(
-                    f"{self.spec.name} starts from a {self.spec.prerequisite} run; none in "
-                    f"{self.prerequisite_dir}: training it first",
-                    flush=True,
-                )
-                run_experiment(
-                    self.spec.prerequisite,
-                    self.profile,
-                    out_dir=self.prerequisite_dir,
-                    devices=self.devices,
-                    splits=self.splits,
-                )
-            print(f"starting from {self.prerequisite_dir / 'model.keras'}", flush=True)
-            self.earlier = pd.read_csv(self.prerequisite_dir / "history.csv")
-            with self.placement.scope():
-                self.model = runs.load_model(self.prerequisite_dir / "model.keras")
-        else:
-            with self.placement.scope():
-                self.model = models.build(self.spec, self.profile)
-        return self.model
 
-    def set_trainable(self, unfreeze: str | None = None, learning_rate: float | None = None):
-        """Freeze or unfreeze (head stage: backbone frozen; fine-tuning: ``unfreeze``, default
-        the profile's), then recompile: Keras reads ``trainable`` when compiling. Returns
-        ``models.trainable_table`` of the model."""
-        if self.spec.stage == "head":
-            models.set_trainable(self.model, "head")
-        elif self.spec.stage == "finetune":
-            unfreeze = unfreeze or self._unfreeze_steps()[0]
-            models.set_trainable(self.model, unfreeze, train_bn=self.profile.train_bn)
-        stage = self.stage
-        if learning_rate is not None:
-            stage = dataclasses.replace(stage, learning_rate=learning_rate)
-        with self.placement.scope():
-            compile_model(self.trainee, stage, steps_per_epoch(len(self.splits.x_train), stage))
-        return models.trainable_table(self.model)
-
-    def _unfreeze_steps(self) -> list[str]:
-        if self.profile.unfreeze == "gradual":
-            return models.gradual_steps(len(self.model.get_layer("backbone").layers))
-        return [self.profile.unfreeze]
-
-    def fit(self) -> pd.DataFrame:
-        """Train this stage; returns its history. The head stage runs the frozen backbone
-        once per image and trains the head on those features (``cached_features``)."""
-        splits = self.splits
-        with self.placement.scope():
-            if self.spec.stage == "finetune":
-                history = self._fine_tune()
-            else:
-                x, x_val = splits.x_train, splits.x_val
-                if self.spec.stage == "head":
-                    self.features = self.head_features()
-                    x, x_val = self.features["train"], self.features["val"]
-                history = fit(
-                    self.trainee, x, splits.y_train, x_val, splits.y_val, self.stage, self.job,
-                    callbacks=self.callbacks,
-                )  # fmt: skip
-        history["stage"] = self.spec.stage
-        self.history = history
-        return history
-
-    def _fine_tune(self) -> pd.DataFrame:
-        """Fine-tuning; ``unfreeze=gradual`` unfreezes more in steps, each at half the
-        previous learning rate and recompiled."""
-        steps, stage = self._unfreeze_steps(), self.stage
-        histories = []
-        splits = self.splits
-        for index, unfreeze in enumerate(steps):
-            step = dataclasses.replace(
-                stage, learning_rate=stage.learning_rate * GRADUAL_DECAY**index
-            )
-            if index:
-                self.set_trainable(unfreeze, step.learning_rate)
-            history = fit(
-                self.model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, step,
-                self.job, seed=self.profile.seed + index,
-                callbacks=self.callbacks if index == 0 else stage_callbacks(step, self.job),
-            )  # fmt: skip
-            history["unfreeze"] = unfreeze
-            histories.append(history)
-        return pd.concat(histories, ignore_index=True)
-
-    def head_features(self) -> dict:
-        """The frozen backbone's pooled features of every split, cached on disk."""
-        profile, splits = self.profile, self.splits
-        cache_file = (
-            config.RUNS_DIR
-            / "features"
-            / f"{profile.backbone}-{profile.image_size}px-{_features_key(profile, splits)}.npz"
+def setup(
+    experiment: str,
+    profile: config.Profile,
+    data=None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    devices=None,
+    splits=None,
+    callbacks=(),
+) -> Setup:
+    """Check every setting before any work (no half-made run folder, no late failure), then
+    set the seed and precision, load the data (``splits``: already loaded) and make the run
+    folder (default runs/<profile>/<experiment>). ``callbacks``: extra Keras callbacks."""
+    spec = config.experiment(experiment)
+    config.check(profile)
+    if spec.stage != "baseline":
+        models.check_profile(profile, fine_tuning=spec.stage == "finetune")
+    stage = Stage.of(profile, spec.stage)
+    started = time.perf_counter()
+    # First: on several machines this joins the cluster, which must precede any JAX device
+    # use. The devices split each fit() step's micro-batch.
+    placement = distribute.setup(devices, stage.micro_batch_size)
+    if (
+        stage.gradient_accumulation_steps > 1
+        and placement.device_count > 1
+        and keras.backend.backend() == "tensorflow"
+    ):
+        # Keras accumulates inside a conditional, which MirroredStrategy cannot synchronise
+        # across devices ("merge_call called while defining a new graph").
+        raise ValueError(
+            f"gradient_accumulation_steps={stage.gradient_accumulation_steps} with "
+            f"{placement.device_count} devices needs KERAS_BACKEND=jax: TensorFlow's "
+            "MirroredStrategy does not support Keras's gradient accumulation; use 1 step or "
+            "one device"
         )
-        return cached_features(
-            self.model, splits, cache_file, self.stage.batch_size, self.placement
+    hardware.check_accelerator(profile)
+    set_seed(profile.seed)
+    precision = hardware.configure_precision(profile.precision)
+    splits = datasets.load_splits(profile, data) if splits is None else splits
+    placement.check_splits(splits)
+    out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
+    job = Job(placement.work_dir(out_dir), resume, tuple(callbacks))
+    run = Setup(spec, profile, stage, splits, placement, precision, out_dir, job, started, devices)
+    if spec.prerequisite and (run.prerequisite_dir / "model.keras").exists():
+        check_prerequisite(run.prerequisite_dir, profile, splits)
+    runs.prepare(job.out_dir, resume)
+    return run
+
+
+def load_head_model(run: Setup) -> keras.Model:
+    """Fine-tuning's start: the head run's model, trained first (in view) when there is none."""
+    head_dir = run.prerequisite_dir
+    if not run.placement.agree((head_dir / "model.keras").exists()):
+        print(f"no head run in {head_dir}: training it first", flush=True)
+        run_experiment(
+            "head", run.profile, out_dir=head_dir, devices=run.devices, splits=run.splits
+        )
+    print(f"starting from {head_dir / 'model.keras'}", flush=True)
+    with run.placement.scope():
+        return runs.load_model(head_dir / "model.keras")
+
+
+class TrainingDiverged(ValueError):
+    """A run whose loss blew up: its result is not recorded."""
+
+
+# Cross-entropy of a uniform guess over CIFAR-10's ten classes: a model that ends far above
+# it at chance accuracy has diverged, not merely learnt little.
+CHANCE_LOSS = float(np.log(config.NUM_CLASSES))
+
+
+def check_converged(run: Setup, history: pd.DataFrame, metrics: dict) -> None:
+    """TrainingDiverged for a non-finite training loss (TerminateOnNaN stopped the run) or a
+    test loss beyond twice chance's at chance accuracy; a warning line for chance accuracy
+    alone (a smoke run's few images, or far too few epochs)."""
+    setting = {"baseline": "baseline_learning_rate"}.get(
+        run.spec.stage, f"{run.spec.stage}_learning_rate"
+    )
+    accuracy, loss = metrics["test_accuracy"], metrics["test_loss"]
+    at_chance = accuracy < 2 / config.NUM_CLASSES
+    if not np.isfinite(history["loss"]).all() or (at_chance and loss > 2 * CHANCE_LOSS):
+        raise TrainingDiverged(
+            f"{run.spec.name} diverged (test accuracy {accuracy:.1%}, loss {loss:.3g}; final "
+            f"training loss {history['loss'].iloc[-1]:.3g}): {setting}="
+            f"{getattr(run.profile, setting)} is too high for it; lower it. Not recorded"
+        )
+    if at_chance:
+        print(
+            f"warning: {run.spec.name} ends at chance accuracy ({accuracy:.1%}, loss "
+            f"{loss:.3g}): it learnt nothing; check {setting} and the epochs",
+            flush=True,
         )
 
-    def evaluate(self) -> dict:
-        """Predict the test set (after fine-tuning also with flipped copies), write the run
-        folder (model, history, predictions, metrics.json) and return the metrics."""
-        splits, stage, placement = self.splits, self.stage, self.placement
-        extra = {"batch_size": stage.batch_size}  # a baseline's is baseline_batch_size
+
+def save_run(run: Setup, model: keras.Model, probabilities) -> dict:
+    """Record a trained run: its history (after the head run's, for fine-tuning), test-set
+    predictions (fine-tuning: also with flipped copies) and metrics.json's dict, written with
+    the model to the run folder, and returned. A diverged run is an error, not a result."""
+    splits, stage, placement = run.splits, run.stage, run.placement
+    history = read_history(run.job.out_dir, remove=True)
+    history["stage"] = run.spec.stage
+    extra = {"batch_size": stage.batch_size}  # a baseline's is baseline_batch_size
+    if run.spec.stage == "finetune":
+        earlier = pd.read_csv(run.prerequisite_dir / "history.csv").drop(columns=["epoch"])
+        history = pd.concat([earlier, history], ignore_index=True)
         with placement.scope():
-            if self.spec.stage == "head":
-                probabilities = placement.predict(
-                    self.trainee, self.features["test"], stage.batch_size
-                )
-            else:
-                probabilities = placement.predict(self.model, splits.x_test, stage.batch_size)
-            if self.spec.stage == "finetune":
-                tta = evaluation.predict_with_tta(
-                    placement.predictor(self.model),
-                    splits.x_test,
-                    batch_size=stage.batch_size,
-                    probabilities=probabilities,
-                )
-                extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
-        history = self.history
-        if self.earlier is not None:
-            earlier = self.earlier.drop(columns=["epoch"])
-            history = pd.concat([earlier, history], ignore_index=True)
-        history.insert(0, "epoch", range(1, len(history) + 1))
-        metrics = runs.record(
-            self.spec,
-            self.profile,
-            splits,
-            probabilities,
-            history,
-            wall_time_s=time.perf_counter() - self.started,
-            precision=self.precision,
-            device_count=placement.device_count,
-            extra=extra,
-        )
-        if placement.is_chief:
-            runs.write(self.out_dir, self.model, history, splits.y_test, probabilities, metrics)
-        placement.finish(self.job.out_dir)
-        return metrics
+            tta = evaluation.predict_with_tta(
+                placement.predictor(model),
+                splits.x_test,
+                batch_size=stage.batch_size,
+                probabilities=probabilities,
+            )
+        extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
+    history.insert(0, "epoch", range(1, len(history) + 1))
+    metrics = runs.record(
+        run.spec,
+        run.profile,
+        splits,
+        probabilities,
+        history,
+        wall_time_s=time.perf_counter() - run.started,
+        precision=run.precision,
+        device_count=placement.device_count,
+        extra=extra,
+    )
+    check_converged(run, history[history["stage"] == run.spec.stage], metrics)
+    if placement.is_chief:
+        runs.write(run.out_dir, model, history, splits.y_test, probabilities, metrics)
+    placement.finish(run.job.out_dir)
+    return metrics
 
 
 def run_experiment(
@@ -734,9 +669,26 @@ def run_experiment(
     callbacks=(),
 ) -> dict:
     """Train ``experiment`` with ``profile`` (``config.profile(...)``) end to end, write its
-    run folder and return metrics.json's dict: the steps of ``Experiment``, in order."""
-    run = Experiment(experiment, profile, data, out_dir, resume, devices, splits, callbacks)
-    run.build()
-    run.set_trainable()
-    run.fit()
-    return run.evaluate()
+    run folder and return metrics.json's dict: the steps notebooks 02-04 show a cell each."""
+    run = setup(experiment, profile, data, out_dir, resume, devices, splits, callbacks)
+    stage, splits, placement = run.stage, run.splits, run.placement
+    x, x_val, x_test = splits.x_train, splits.x_val, splits.x_test
+    with placement.scope():
+        if stage.name == "finetune":
+            model = load_head_model(run)
+            models.set_trainable(model, profile.unfreeze, train_bn=profile.train_bn)
+        else:
+            model = models.build(run.spec, profile)
+        trainee = model
+        if stage.name == "head":
+            model.get_layer("backbone").trainable = False
+            features = head_features(model, run)
+            x, x_val, x_test = features["train"], features["val"], features["test"]
+            trainee = model.get_layer("head")  # trains on the features, then serves in model
+        # Keras reads `trainable` when compiling: compile after freezing or unfreezing.
+        trainee.compile(**compile_arguments(stage, steps_per_epoch(len(x), stage)))
+        # Several machines: each trains on its own rows (one machine: all of them).
+        x, y, x_val, y_val = placement.local(x, splits.y_train, x_val, splits.y_val)
+        fit(trainee, x, y, x_val, y_val, stage, run.job, seed=profile.seed)
+        probabilities = placement.predict(trainee, x_test, stage.batch_size)
+    return save_run(run, model, probabilities)
