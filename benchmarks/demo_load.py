@@ -200,7 +200,8 @@ def main(argv=None) -> None:
     args = parse_arguments(argv)  # before importing Keras: a bad setting fails at once
     import gradio
 
-    from cifar10_transfer import export, runs
+    from cifar10_transfer import runs
+    from cifar10_transfer.publish import export
 
     load_before = os.getloadavg()[0]
     metrics = export.read_run(args.run)  # checks the run folder before anything starts

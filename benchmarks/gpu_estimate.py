@@ -25,7 +25,8 @@ import math
 import common
 import keras
 
-from cifar10_transfer import config, hardware, models, reports, runs
+from cifar10_transfer import config, hardware, models, runs
+from cifar10_transfer.publish import reports
 
 REFERENCE_IMAGES_PER_S = 1198  # ResNet-50 @224 px, mixed precision, batch 256, one T4
 REFERENCE_SOURCE = (

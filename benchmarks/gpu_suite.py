@@ -39,7 +39,8 @@ from pathlib import Path
 
 import common
 
-from cifar10_transfer import config, data, fileio, hardware, reports, runs, training
+from cifar10_transfer import config, data, fileio, hardware, runs, training
+from cifar10_transfer.publish import reports
 
 SCRIPTS = Path(__file__).resolve().parent
 STEPS = ("throughput", "fast", "paper", "baseline", "full", "seeds")

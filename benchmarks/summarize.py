@@ -16,7 +16,8 @@ from pathlib import Path
 import common
 import pandas as pd
 
-from cifar10_transfer import fileio, reports
+from cifar10_transfer import fileio
+from cifar10_transfer.publish import reports
 
 README = Path(__file__).resolve().parent / "README.md"
 

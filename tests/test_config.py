@@ -28,7 +28,7 @@ QUICK_RECIPE = {
     "finetune_epochs": 4,
     "finetune_learning_rate": 3e-4,
     "unfreeze": "stage:block4",
-    "lr_schedule": "cosine",
+    "lr_schedule": "plateau",  # ReduceLROnPlateau: results/quick-trials/plateau-*
     "augment": True,
     "baseline_augment": True,
     "train_bn": False,
@@ -58,6 +58,7 @@ GPU_CHANGES = {
     "train_bn": True,
     "optimizer": "sgd",
     "warmup_epochs": 1.0,
+    "lr_schedule": "cosine",  # warm-up, then cosine decay
     "needs_accelerator": True,
 }
 # What each profile changes, and nothing else.

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar10_transfer import config, export, models
+from cifar10_transfer import config, models
 from cifar10_transfer.cli import main
+from cifar10_transfer.publish import export
 
 ROOT = Path(__file__).resolve().parents[1]
 RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)

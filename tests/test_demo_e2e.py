@@ -28,7 +28,8 @@ import pytest
 from PIL import Image
 from test_demo import make_image_tree, make_run_folder
 
-from cifar10_transfer import config, export
+from cifar10_transfer import config
+from cifar10_transfer.publish import export
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -14,7 +14,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_estimate  # noqa: E402
 
-from cifar10_transfer import config, fileio, reports, reproduce  # noqa: E402
+from cifar10_transfer import config, fileio  # noqa: E402
+from cifar10_transfer.publish import reports, reproduce  # noqa: E402
 
 
 def test_forward_flops_counts_convolutions_and_dense_layers():

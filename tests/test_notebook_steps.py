@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 from test_training import SMALL, synthetic_splits
 
-from cifar10_transfer import (
-    config,
-    fileio,
-    hardware,
-    imaging,
-    models,
-    reports,
-    reproduce,
-    runs,
-    training,
-)
+from cifar10_transfer import config, fileio, hardware, imaging, models, runs, training
+from cifar10_transfer.publish import reports, reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,7 +186,8 @@ def test_make_reproduce_of_a_cpu_profile_does_not_start_tensorflow_in_its_own_pr
     # TF_CPP_MIN_LOG_LEVEL cannot silence) would sit between the progress lines.
     code = (
         "import sys\n"
-        "from cifar10_transfer import cli, config, hardware, reports, reproduce\n"
+        "from cifar10_transfer import cli, config, hardware\n"
+        "from cifar10_transfer.publish import reports, reproduce\n"
         "hardware.check_accelerator(config.check(config.profile('quick')))\n"
         "reports.notebook_times_markdown()\n"
         "print(sorted({'keras', 'tensorflow'} & set(sys.modules)))\n"

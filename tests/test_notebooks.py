@@ -9,7 +9,8 @@ import sys
 import nbformat
 import pytest
 
-from cifar10_transfer import config, reproduce
+from cifar10_transfer import config
+from cifar10_transfer.publish import reproduce
 
 NOTEBOOKS = [config.NOTEBOOKS_DIR / name for name in config.NOTEBOOKS]
 REQUIRED_PARAMETERS = {"profile_name", "overrides", "data", "out_dir", "figures_dir", "devices"}
@@ -157,6 +158,17 @@ def test_reproduce_refuses_an_unknown_setting_before_any_notebook(monkeypatch):
         reproduce.reproduce("smoke", {"epochz": 3})
 
 
+def test_executed_notebooks_keep_no_machine_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "ROOT", tmp_path / "root")
+    data = tmp_path / "data" / "cifar10-jpeg.tar.gz"
+    data.parent.mkdir()
+    data.write_bytes(b"")
+    text = f"starting from {tmp_path}/root/runs/smoke/head/model.keras; source: {data}"
+    assert reproduce.portable_paths(text, {"data": str(data)}) == (
+        "starting from runs/smoke/head/model.keras; source: cifar10-jpeg.tar.gz"
+    )
+
+
 @pytest.mark.realdata
 def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tmp_path):
     environment = {**os.environ, "CIFAR10_TRANSFER_ROOT": str(tmp_path), "CIFAR10_VERBOSE": "0"}
@@ -185,7 +197,10 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
     results = tmp_path / "results" / "smoke"
     assert (results / "notebooks" / "seeds.kernel.log").is_file()
     for name in config.NOTEBOOKS:
-        assert (results / "notebooks" / name).exists()
+        executed = (results / "notebooks" / name).read_text()
+        # No machine's folders: the project's paths are relative, the data file by its name.
+        assert str(tmp_path) not in executed and str(config.CHECKOUT) not in executed
+        assert str(real_data_path.resolve().parent) not in executed
     timings = json.loads((results / "notebooks" / "timings.json").read_text())["seconds"]
     assert set(timings) == {*config.NOTEBOOKS, "extra seeds", "total"}
     assert timings["total"] > timings["extra seeds"] > 0
@@ -217,3 +232,23 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
         "best_reliability.png",
     } <= set(figures)
     assert "\n| Baseline CNN (from scratch) " in result.stdout  # a row of the printed table
+
+    # One code path: the CLI trains what notebooks 02-04 trained, to the same numbers.
+    cli_root = tmp_path / "cli"
+    for experiment in reproduce.SEED_EXPERIMENTS:
+        trained = subprocess.run(
+            [sys.executable, "-m", "cifar10_transfer", "train", experiment, "--profile", "smoke",
+             "--data", str(real_data_path)],
+            env={**environment, "CIFAR10_TRANSFER_ROOT": str(cli_root)},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        by_cli = json.loads((cli_root / "runs" / "smoke" / experiment / "metrics.json").read_text())
+        by_notebook = json.loads((results / experiment / "metrics.json").read_text())
+        keys = ["test_accuracy", "test_loss", "ece", "epochs"]
+        keys += ["tta_test_accuracy"] if experiment == "finetune" else []
+        for key in keys:
+            assert by_cli.get(key) == pytest.approx(by_notebook.get(key), rel=1e-6), (
+                experiment,
+                key,
+            )

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cifar10_transfer import config, data, evaluation, fileio, reports, runs
+from cifar10_transfer import config, data, evaluation, fileio, runs
+from cifar10_transfer.publish import reports
 
 
 def _fake_run(folder, experiment, accuracy, backbone=None, tta=None):

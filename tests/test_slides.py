@@ -9,7 +9,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.text import Text
 
-from cifar10_transfer import cli, config, data, fileio, plots, reports, runs, slides
+from cifar10_transfer import cli, config, data, fileio, plots, runs
+from cifar10_transfer.publish import reports, slides
 
 PROFILE = "quick"
 # Distinctive values, so the tests can tell that slide numbers come from these files.

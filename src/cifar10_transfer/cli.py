@@ -125,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cifar10_transfer import data, evaluation, reports, runs
+    from cifar10_transfer import data, evaluation, runs
+    from cifar10_transfer.publish import reports
 
     model = runs.load_model(args.model)
     dataset = data.load_cifar10(args.data)
@@ -157,7 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cifar10_transfer import export
+    from cifar10_transfer.publish import export
 
     out_dir = export.export_run(args.run_dir, args.out, data=args.data, force=args.force)
     examples = "with" if args.data else "without (no --data)"
@@ -166,7 +167,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_presentation(args: argparse.Namespace) -> int:
-    from cifar10_transfer import slides
+    from cifar10_transfer.publish import slides
 
     print(slides.build_deck(args.profile, out=args.out))
     return 0
@@ -175,7 +176,7 @@ def cmd_presentation(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import runpy
 
-    from cifar10_transfer import export
+    from cifar10_transfer.publish import export
 
     # The demo always serves a fresh export, replacing an earlier one in --out.
     out_dir = export.export_run(args.run_dir, args.out, data=args.data, force=True)
@@ -184,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from cifar10_transfer import reproduce
+    from cifar10_transfer.publish import reproduce
 
     try:
         reproduce.reproduce(
@@ -201,7 +202,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from cifar10_transfer import reports
+    from cifar10_transfer.publish import reports
 
     for table in reports.refresh_tables():
         print(f"regenerated {table}")

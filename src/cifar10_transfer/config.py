@@ -238,6 +238,7 @@ PROFILES: dict[str, Profile] = {
 # frozen: at its CPU batch of 64, batch statistics are noisy and training them is slower.
 GPU_BASE = dataclasses.replace(
     QUICK,
+    backbone="resnet50",  # the design's backbone
     image_size=224,
     batch_size=256,
     unfreeze="all",
@@ -247,6 +248,7 @@ GPU_BASE = dataclasses.replace(
     lr_schedule="cosine",
     warmup_epochs=1.0,
     label_smoothing=0.1,
+    early_stopping_patience=5,
     needs_accelerator=True,
 )
 PROFILES.update(
@@ -257,11 +259,9 @@ PROFILES.update(
             GPU_BASE,
             name="full",
             train_size=None,
-            backbone="resnet50",
             head_epochs=5,
             finetune_epochs=10,
             mixing="mixup",
-            early_stopping_patience=5,
             baseline_epochs=60,
             baseline_batch_size=128,
         ),
@@ -270,10 +270,8 @@ PROFILES.update(
         "paper": dataclasses.replace(
             GPU_BASE,
             name="paper",
-            backbone="resnet50",
             head_epochs=10,
             finetune_epochs=15,
-            early_stopping_patience=5,
             baseline_epochs=30,
         ),
         # Time to 94% test accuracy on one GPU (benchmarks/time_to_accuracy.py): Lite0 on all

@@ -539,6 +539,7 @@ def setup(
     """Check every setting before any work (no half-made run folder, no late failure), then
     set the seed and precision, load the data (``splits``: already loaded) and make the run
     folder (default runs/<profile>/<experiment>). ``callbacks``: extra Keras callbacks."""
+    out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
     spec = config.experiment(experiment)
     config.check(profile)
     if spec.stage != "baseline":
@@ -566,7 +567,6 @@ def setup(
     precision = hardware.configure_precision(profile.precision)
     splits = datasets.load_splits(profile, data) if splits is None else splits
     placement.check_splits(splits)
-    out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
     job = Job(placement.work_dir(out_dir), resume, tuple(callbacks))
     run = Setup(spec, profile, stage, splits, placement, precision, out_dir, job, started, devices)
     if spec.prerequisite and (run.prerequisite_dir / "model.keras").exists():
@@ -592,25 +592,30 @@ class TrainingDiverged(ValueError):
     """A run whose loss blew up: its result is not recorded."""
 
 
-# Cross-entropy of a uniform guess over CIFAR-10's ten classes: a model that ends far above
-# it at chance accuracy has diverged, not merely learnt little.
+# A diverged model has collapsed onto one class: it predicts it for at least this share of
+# the test images, at chance accuracy, confidently: with a test loss above twice a uniform
+# guess's (ln 10). An untrained one predicts one class too, but with a loss near ln 10.
+COLLAPSED_SHARE = 0.9
 CHANCE_LOSS = float(np.log(config.NUM_CLASSES))
 
 
-def check_converged(run: Setup, history: pd.DataFrame, metrics: dict) -> None:
+def check_converged(run: Setup, history: pd.DataFrame, metrics: dict, predicted) -> None:
     """TrainingDiverged for a non-finite training loss (TerminateOnNaN stopped the run) or a
-    test loss beyond twice chance's at chance accuracy; a warning line for chance accuracy
-    alone (a smoke run's few images, or far too few epochs)."""
+    model collapsed onto one class, confidently, at chance accuracy; a warning line for chance
+    accuracy alone (a smoke run's few images, or far too few epochs)."""
     setting = {"baseline": "baseline_learning_rate"}.get(
         run.spec.stage, f"{run.spec.stage}_learning_rate"
     )
     accuracy, loss = metrics["test_accuracy"], metrics["test_loss"]
     at_chance = accuracy < 2 / config.NUM_CLASSES
-    if not np.isfinite(history["loss"]).all() or (at_chance and loss > 2 * CHANCE_LOSS):
+    share = np.bincount(predicted, minlength=config.NUM_CLASSES).max() / len(predicted)
+    collapsed = at_chance and share >= COLLAPSED_SHARE and loss > 2 * CHANCE_LOSS
+    if not np.isfinite(history["loss"]).all() or collapsed:
         raise TrainingDiverged(
-            f"{run.spec.name} diverged (test accuracy {accuracy:.1%}, loss {loss:.3g}; final "
-            f"training loss {history['loss'].iloc[-1]:.3g}): {setting}="
-            f"{getattr(run.profile, setting)} is too high for it; lower it. Not recorded"
+            f"{run.spec.name} diverged (test accuracy {accuracy:.1%}, loss {loss:.3g}, "
+            f"{share:.0%} of the test images given one class; final training loss "
+            f"{history['loss'].iloc[-1]:.3g}): {setting}={getattr(run.profile, setting)} is "
+            "too high for it; lower it. Not recorded"
         )
     if at_chance:
         print(
@@ -651,26 +656,20 @@ def save_run(run: Setup, model: keras.Model, probabilities) -> dict:
         device_count=placement.device_count,
         extra=extra,
     )
-    check_converged(run, history[history["stage"] == run.spec.stage], metrics)
+    check_converged(
+        run, history[history["stage"] == run.spec.stage], metrics, probabilities.argmax(axis=1)
+    )
     if placement.is_chief:
         runs.write(run.out_dir, model, history, splits.y_test, probabilities, metrics)
     placement.finish(run.job.out_dir)
     return metrics
 
 
-def run_experiment(
-    experiment: str,
-    profile: config.Profile,
-    data=None,
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    devices=None,
-    splits=None,
-    callbacks=(),
-) -> dict:
+def run_experiment(experiment: str, profile: config.Profile, data=None, **options) -> dict:
     """Train ``experiment`` with ``profile`` (``config.profile(...)``) end to end, write its
-    run folder and return metrics.json's dict: the steps notebooks 02-04 show a cell each."""
-    run = setup(experiment, profile, data, out_dir, resume, devices, splits, callbacks)
+    run folder and return metrics.json's dict: the steps notebooks 02-04 show a cell each.
+    ``options``: ``setup``'s (out_dir, resume, devices, splits, callbacks)."""
+    run = setup(experiment, profile, data, **options)
     stage, splits, placement = run.stage, run.splits, run.placement
     x, x_val, x_test = splits.x_train, splits.x_val, splits.x_test
     with placement.scope():

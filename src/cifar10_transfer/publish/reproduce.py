@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cifar10_transfer import config, fileio, reports
+from cifar10_transfer import config, fileio
+from cifar10_transfer.publish import reports
 
 
 class NotebookError(RuntimeError):
@@ -82,12 +83,27 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=No
                 # models and data in memory until make reproduce ends.
                 if kernel.has_kernel:
                     kernel.shutdown_kernel(now=True)
-        os.replace(partial, target)
+        fileio.write_text(target, portable_paths(partial.read_text(encoding="utf-8"), parameters))
+        partial.unlink()
         elapsed = time.perf_counter() - notebook_started
         timings[name] = round(elapsed, 1)
         total = sum(timings.values())  # earlier notebooks and extra seeds of this run too
         print(f"[{name}] done in {elapsed:.0f} s (total {total / 60:.1f} min)", flush=True)
     return timings
+
+
+def portable_paths(text: str, parameters: dict) -> str:
+    """An executed notebook's text with this machine's folders taken out of its paths: the
+    project's (``notebooks/...``, ``runs/...``) become relative, and the data file keeps only
+    its name, so a committed copy reads the same on every machine."""
+    folders = [f"{config.ROOT}/", f"{config.CHECKOUT}/"]
+    data = parameters.get("data")
+    if data and Path(data).is_file():
+        folders += [f"{Path(data).resolve().parent}/", f"{Path(data).parent}/"]
+    for folder in sorted(set(folders), key=len, reverse=True):  # the longest first
+        if folder not in ("/", "./"):
+            text = text.replace(folder, "")
+    return text
 
 
 @contextlib.contextmanager
@@ -125,10 +141,10 @@ def train_seeds(profile: config.Profile, seeds, data=None, devices=None) -> Path
 
     results = config.RESULTS_DIR / profile.name / reports.SEEDS_DIR
     for seed in seeds:
+        folders = {name: runs.run_dir(profile.name, name, seed=seed) for name in SEED_EXPERIMENTS}
         seeded = config.profile(profile, seed=seed)
-        for experiment in SEED_EXPERIMENTS:
+        for experiment, folder in folders.items():
             print(f"[seed {seed}] {experiment} ...", flush=True)
-            folder = runs.run_dir(profile.name, experiment, seed=seed)
             metrics = training.run_experiment(
                 experiment, seeded, data=data, out_dir=folder, devices=devices
             )
@@ -264,5 +280,5 @@ def reproduce(
     # The README's tables (this profile's results, the profiles' measured times) follow.
     for table in reports.refresh_tables():
         print(f"regenerated {table}")
-    print(reports.results_markdown(reports.summary_table(results_dir), profile_name))
+    print((results_dir / "results.md").read_text(encoding="utf-8"), end="")  # refreshed above
     return results_dir / "results.md"

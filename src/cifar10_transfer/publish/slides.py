@@ -27,8 +27,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.textpath import TextToPath
 
-from cifar10_transfer import config, fileio, plots, reports
+from cifar10_transfer import config, fileio, plots
 from cifar10_transfer.evaluation import percent
+from cifar10_transfer.publish import reports
 
 WIDTH, HEIGHT = 13.333, 7.5  # in, 16:9
 MARGIN = 0.6  # in, left and right

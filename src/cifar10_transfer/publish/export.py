@@ -21,7 +21,7 @@ from PIL import Image
 from cifar10_transfer import config, evaluation, fileio, imaging, models, runs
 from cifar10_transfer import data as datasets
 
-TEMPLATE_DIR = Path(__file__).with_name("deploy_template")
+TEMPLATE_DIR = Path(__file__).parents[1] / "deploy_template"
 REQUIRED_METRICS = ("test_accuracy", "test_loss", "per_class_accuracy", "class_names")
 
 
