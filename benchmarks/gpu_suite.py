@@ -268,11 +268,9 @@ class Suite:
         target = results / "seeds" / str(seed) if seed else results
         runs.publish_run(run_folder, target)
         reports.write_summary(results, profile_name)
-        if self.update_readme:
-            readme = config.ROOT / "README.md"
+        if self.update_readme:  # the project's documents (README, docs/) show the table
             markdown = reports.results_markdown(reports.summary_table(results), profile_name)
-            if f"<!-- results-{profile_name}:start -->" in readme.read_text(encoding="utf-8"):
-                reports.update_readme(markdown, readme, marker=f"results-{profile_name}")
+            reports.update_document(markdown, f"results-{profile_name}")
 
     # ------------------------------------------------------------ running
 

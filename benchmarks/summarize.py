@@ -203,8 +203,6 @@ TABLES = {
         memory_row,
     ),
 }
-# The project README's GPU section shows the memory table (benchmarks/memory.py) too.
-ROOT_README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def row(name: str, result: dict, columns, folder: str = "results") -> dict:
@@ -281,12 +279,16 @@ def main(argv=None) -> None:
     reports.update_readme(summary(args.results), args.readme, marker="bench")
     print(f"wrote {args.readme}", flush=True)
     memory_readme = args.memory_readme
-    if memory_readme is None and args.results.resolve() == common.RESULTS_DIR.resolve():
-        memory_readme = ROOT_README
     if memory_readme is not None:
         for benchmark, marker in ROOT_TABLES.items():
             reports.update_readme(root_summary(args.results, benchmark), memory_readme, marker)
         print(f"wrote {memory_readme}", flush=True)
+    elif args.results.resolve() == common.RESULTS_DIR.resolve():
+        # The project's documents (README, docs/) hold these tables where they have markers.
+        for benchmark, marker in ROOT_TABLES.items():
+            document = reports.update_document(root_summary(args.results, benchmark), marker)
+            if document is not None:
+                print(f"wrote {document}", flush=True)
 
 
 if __name__ == "__main__":

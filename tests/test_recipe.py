@@ -217,17 +217,13 @@ def test_stochastic_depth_needs_an_efficientnet_lite_backbone():
 # ---------------------------------------------------------------- MixUp, CutMix, RandAugment
 
 
-def test_plain_batches_are_the_images_and_one_hot_labels_in_a_shuffled_order():
+def test_without_batch_augmentation_fit_takes_the_arrays_shuffled():
     images, labels = tiny_data(20)
-    stage = finetune_stage()
-    batches = training.Batches(images, labels, stage, seed=0)
-    seen = np.concatenate([batches[index][0] for index in range(len(batches))])
-    labels_seen = np.concatenate([batches[index][1] for index in range(len(batches))])
-    assert len(batches) == 3 and seen.dtype == images.dtype
-    # every image once, with its own label, not in the stored order
-    rows = [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in seen]
-    assert sorted(rows) == list(range(20)) and rows != list(range(20))
-    np.testing.assert_array_equal(labels_seen, training.one_hot(labels[rows]))
+    data = training.train_batches(images, labels, finetune_stage(), seed=0)
+    assert data["x"] is images and data["shuffle"] and data["batch_size"] == 8
+    np.testing.assert_array_equal(data["y"], training.one_hot(labels))
+    mixed = training.train_batches(images, labels, finetune_stage(mixing="mixup"), seed=0)
+    assert isinstance(mixed["x"], training.Batches) and set(mixed) == {"x"}
 
 
 @pytest.mark.parametrize("mixing", ["mixup", "cutmix"])

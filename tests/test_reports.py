@@ -281,12 +281,16 @@ def test_refresh_regenerates_summaries_and_every_readme_table(tmp_path):
     )
     _trial(results / reports.TRIALS_DIR / "lite2", "finetune", 0.8672)
     readme = tmp_path / "README.md"
-    markers = ["results-quick", "results-full", "profiles", "trials-quick"]
+    markers = ["results-quick", "results-full", "profiles"]
     readme.write_text(
         "intro\n" + "".join(f"<!-- {m}:start -->\nold\n<!-- {m}:end -->\n" for m in markers)
     )
+    recipe = tmp_path / "docs" / "recipe.md"  # docs/ beside the README holds tables too
+    recipe.parent.mkdir()
+    recipe.write_text("# Recipe\n<!-- trials-quick:start -->\nold\n<!-- trials-quick:end -->\n")
     done = reports.refresh_tables(results, readme)
-    assert done == ["quick (1 models)", "profiles", "recipe trials"]
+    assert done == ["quick (1 models)", "profiles", "trials-quick"]
+    assert "| lite2 " in recipe.read_text() and "old" not in recipe.read_text()
     text = readme.read_text()
     assert text.startswith("intro\n") and text.count("old") == 1  # full: no results yet
     assert (results / "quick" / "summary.json").exists()

@@ -187,8 +187,12 @@ def test_chance_accuracy_is_a_warning_and_a_blown_up_loss_an_error(tmp_path, cap
         training.check_converged(
             run, pd.DataFrame({"loss": [1e6]}), {**AT_CHANCE, "test_loss": 14.5}, collapsed
         )
-    # one class at chance, but unsure (a loss near ln 10): untrained, not diverged
-    training.check_converged(run, pd.DataFrame({"loss": [2.3]}), AT_CHANCE, collapsed)
+    with pytest.raises(training.TrainingDiverged, match="final training loss 1e"):
+        training.check_converged(run, pd.DataFrame({"loss": [2.3, 1e4]}), LEARNT, spread)
+    # one class at chance, but with a few times chance's loss: untrained, not diverged
+    training.check_converged(
+        run, pd.DataFrame({"loss": [11.2]}), {**AT_CHANCE, "test_loss": 9}, collapsed
+    )
     assert capsys.readouterr().out.startswith("warning: ")
 
 

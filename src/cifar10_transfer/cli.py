@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from cifar10_transfer import config
+from cifar10_transfer import __version__, config
 
 
 def _add_data_option(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +69,9 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         default="quick",
-        choices=list(config.PROFILES),
-        help="hyper-parameter set (default: quick, the CPU profile)",
+        choices=["auto", *config.PROFILES],
+        help="hyper-parameter set (default: quick, the CPU profile); auto: quick on a CPU, "
+        "paper where a GPU is found, as the notebooks choose",
     )
     parser.add_argument(
         "--set",
@@ -93,6 +94,17 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _profile_name(args: argparse.Namespace) -> str:
+    """--profile, with auto resolved as the notebooks resolve it (and said so)."""
+    if args.profile != "auto":
+        return args.profile
+    from cifar10_transfer import hardware
+
+    name, why = hardware.choose_profile("auto")
+    print(f"profile {name!r} ({why})", file=sys.stderr, flush=True)
+    return name
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     """The settings the command line changes, each parsed by ``config.parse_setting``."""
     texts = [f"{name}={getattr(args, name)}" for name in SHORTCUTS if getattr(args, name)]
@@ -113,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["baseline_batch_size"] = overrides.pop("batch_size")
     metrics = training.run_experiment(
         args.experiment,
-        config.profile(args.profile, **overrides),
+        config.profile(_profile_name(args), **overrides),
         data=args.data,
         out_dir=args.out,
         resume=args.resume,
@@ -189,7 +201,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     try:
         reproduce.reproduce(
-            args.profile,
+            _profile_name(args),
             _overrides(args),
             data=args.data,
             devices=args.devices,
@@ -209,11 +221,25 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = """examples:
+  cifar10-transfer data-info --data path/to/cifar-10-python.tar.gz
+  cifar10-transfer train baseline_cnn --profile quick
+  cifar10-transfer train head --profile auto --set head_epochs=5
+  cifar10-transfer train finetune --resume            # after Ctrl-C: from its last epoch
+  cifar10-transfer evaluate runs/quick/finetune --tta --json
+  cifar10-transfer reproduce --profile quick --seeds 3
+  cifar10-transfer demo runs/quick/finetune           # the upload demo on 127.0.0.1:7860
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifar10-transfer",
         description="CIFAR-10: from-scratch baselines against transfer learning (Keras 3).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("data-info", help="load CIFAR-10 and print counts per split/class")

@@ -3,7 +3,7 @@ as small functions that return Keras objects, read top to bottom as single-devic
 
 One experiment is ``setup`` (settings checked, seed, precision, data, run folder), a model
 from ``models``, ``trainable`` set, ``model.compile(**compile_arguments(...))``,
-``model.fit`` with ``stage_callbacks`` on ``Batches``, and ``save_run`` (the run folder).
+``model.fit`` on ``train_batches`` with ``stage_callbacks``, and ``save_run`` (the run folder).
 Notebooks 02-04 write those Keras calls out in their cells; ``run_experiment`` (the CLI's
 ``train`` and ``make reproduce``) makes the same calls. Each stage's settings are a
 ``Stage``, read from the profile. Several devices or machines are one ``Placement``
@@ -259,10 +259,23 @@ def verbosity() -> int:
     return 1 if os.environ.get("CIFAR10_VERBOSE", "1") != "0" else 2
 
 
+def train_batches(images, labels, stage: Stage, seed: int = 0) -> dict:
+    """``model.fit``'s training data for the stage: shuffled micro-batches of the images with
+    one-hot labels, reshuffled every epoch. As NumPy arrays, Keras's fastest path; with the
+    stage's RandAugment, MixUp or CutMix, a ``Batches`` dataset that passes each batch
+    through them."""
+    if stage.randaugment or stage.mixing != "none":
+        return {"x": Batches(images, labels, stage, seed)}
+    # On several machines each process feeds its own rows (placement.local) and its share
+    # of every batch.
+    batch_size = stage.micro_batch_size // distribute.process_count()
+    return {"x": images, "y": one_hot(labels), "batch_size": batch_size, "shuffle": True}
+
+
 class Batches(keras.utils.PyDataset):
-    """Shuffled training batches of ``stage.micro_batch_size`` images and one-hot labels,
-    reshuffled every epoch. With the stage's RandAugment, MixUp or CutMix (Keras layers) each
-    batch passes through them here, before the train step, because they mix labels too."""
+    """Shuffled training batches passed through Keras's batch augmentation layers: RandAugment,
+    then MixUp or CutMix. These mix labels too, so they run here, on each batch before the
+    train step, rather than inside the model; the order is reshuffled every epoch."""
 
     def __init__(self, images, labels, stage: Stage, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -292,10 +305,7 @@ class Batches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        images, labels = self.images[rows], self.labels[rows]
-        if not self.layers:
-            return images, labels
-        batch = {"images": images.astype("float32"), "labels": labels}
+        batch = {"images": self.images[rows].astype("float32"), "labels": self.labels[rows]}
         for layer in self.layers:
             batch = layer(batch, training=True)
         # The model's uint8 input takes mixed pixels (0..255 floats) rounded to the nearest.
@@ -355,12 +365,12 @@ def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job, seed: int
 
     ``stage.batch_size`` images make one optimizer update; with
     ``stage.gradient_accumulation_steps`` N they are fed as N micro-batches of batch_size / N,
-    whose gradients are averaged. ``seed`` seeds the batches' order and augmentation.
+    whose gradients are averaged. ``seed`` seeds the batch augmentation (``Batches``).
     """
     if not model.compiled:
         raise ValueError(f"{model.name}: compile it first (training.compile_arguments)")
     model.fit(
-        Batches(x_train, y_train, stage, seed),
+        **train_batches(x_train, y_train, stage, seed),
         validation_data=(x_val, one_hot(y_val)),
         epochs=stage.epochs,
         callbacks=[*stage_callbacks(stage, job.out_dir, job.resume), *job.callbacks],
@@ -592,29 +602,33 @@ class TrainingDiverged(ValueError):
     """A run whose loss blew up: its result is not recorded."""
 
 
-# A diverged model has collapsed onto one class: it predicts it for at least this share of
-# the test images, at chance accuracy, confidently: with a test loss above twice a uniform
-# guess's (ln 10). An untrained one predicts one class too, but with a loss near ln 10.
-COLLAPSED_SHARE = 0.9
+# The cross-entropy of a uniform guess over the ten classes (ln 10). A diverged run ends far
+# above it: a training loss beyond BLOWN_UP x it, or a model collapsed onto one class (at
+# least COLLAPSED_SHARE of the test images) with a test loss beyond COLLAPSED_LOSS x it. An
+# untrained model (a smoke run) also sits near chance, but with losses of a few times it.
 CHANCE_LOSS = float(np.log(config.NUM_CLASSES))
+BLOWN_UP = 100
+COLLAPSED_SHARE = 0.9
+COLLAPSED_LOSS = 5
 
 
 def check_converged(run: Setup, history: pd.DataFrame, metrics: dict, predicted) -> None:
-    """TrainingDiverged for a non-finite training loss (TerminateOnNaN stopped the run) or a
-    model collapsed onto one class, confidently, at chance accuracy; a warning line for chance
-    accuracy alone (a smoke run's few images, or far too few epochs)."""
+    """TrainingDiverged for a non-finite training loss (TerminateOnNaN stopped the run), one
+    that blew up, or a model collapsed onto one class, confidently, at chance accuracy; a
+    warning line for chance accuracy alone (a smoke run's few images, or far too few epochs)."""
     setting = {"baseline": "baseline_learning_rate"}.get(
         run.spec.stage, f"{run.spec.stage}_learning_rate"
     )
     accuracy, loss = metrics["test_accuracy"], metrics["test_loss"]
     at_chance = accuracy < 2 / config.NUM_CLASSES
     share = np.bincount(predicted, minlength=config.NUM_CLASSES).max() / len(predicted)
-    collapsed = at_chance and share >= COLLAPSED_SHARE and loss > 2 * CHANCE_LOSS
-    if not np.isfinite(history["loss"]).all() or collapsed:
+    final = history["loss"].iloc[-1]
+    collapsed = at_chance and share >= COLLAPSED_SHARE and loss > COLLAPSED_LOSS * CHANCE_LOSS
+    if not np.isfinite(history["loss"]).all() or final > BLOWN_UP * CHANCE_LOSS or collapsed:
         raise TrainingDiverged(
             f"{run.spec.name} diverged (test accuracy {accuracy:.1%}, loss {loss:.3g}, "
             f"{share:.0%} of the test images given one class; final training loss "
-            f"{history['loss'].iloc[-1]:.3g}): {setting}={getattr(run.profile, setting)} is "
+            f"{final:.3g}): {setting}={getattr(run.profile, setting)} is "
             "too high for it; lower it. Not recorded"
         )
     if at_chance:

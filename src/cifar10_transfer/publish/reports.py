@@ -371,35 +371,72 @@ def notebook_times_markdown(results_root=None) -> str:
     return pd.DataFrame(columns).rename_axis("notebook").reset_index().to_markdown(index=False)
 
 
+def documents(readme=None) -> list[Path]:
+    """What users read that holds generated tables: the README and docs/*.md beside it."""
+    readme = Path(readme or config.ROOT / "README.md")
+    return [
+        path for path in (readme, *sorted((readme.parent / "docs").glob("*.md"))) if path.exists()
+    ]
+
+
+def update_document(markdown: str, marker: str, readme=None) -> Path | None:
+    """Write ``markdown`` between the ``marker`` lines of whichever of ``documents`` holds
+    them (None when none does); links in it are relative to the checkout, so a document in
+    docs/ gets them one folder up."""
+    for document in documents(readme):
+        if f"<!-- {marker}:start -->" in document.read_text(encoding="utf-8"):
+            if document.parent != Path(readme or config.ROOT / "README.md").parent:
+                markdown = re.sub(r"\]\((?!https?:|#|\.\./)([^)\s]+)\)", r"](../\1)", markdown)
+            update_readme(markdown, document, marker=marker)
+            return document
+    return None
+
+
+def quickstart_time_markdown(results_root=None) -> str:
+    """How long the committed ``make reproduce`` of ``quick`` took, from its timings.json."""
+    results_root = Path(results_root or config.RESULTS_DIR)
+    try:
+        timings, finetune = reproduce_timings(results_root / "quick")
+    except (OSError, ValueError, KeyError):
+        return "`make reproduce` of the quick profile has no measured time yet."
+    one_seed = sum(timings[name] for name in config.NOTEBOOKS)
+    text = (
+        f"Measured in the committed `make reproduce` of `quick` (commit "
+        f"{finetune.get('git_commit') or NO_COMMIT}, {finetune['device']}): the five notebooks "
+        f"took {one_seed / 60:.1f} min"
+    )
+    if timings.get("extra seeds"):
+        text += f", and the two extra seeds of `SEEDS=3` {timings['extra seeds'] / 60:.1f} min more"
+    return text + " (`results/quick/notebooks/timings.json`)."
+
+
 def refresh_tables(results_root=None, readme=None) -> list[str]:
     """Regenerate every results table from its files: ``summary.json``/``results.md`` of each
-    ``results/<profile>/`` with runs, and the README's tables between their markers
-    (``results-<profile>``, ``trials-quick``) where the README has them. Returns what it
-    regenerated. For results copied in from elsewhere, such as the GPU suite's."""
+    ``results/<profile>/`` with runs, and the tables between their markers in the README and
+    docs/ (``documents``) where they have them. Returns what it regenerated. For results
+    copied in from elsewhere, such as the GPU suite's."""
     results_root = Path(results_root or config.RESULTS_DIR)
     readme = Path(readme or config.ROOT / "README.md")
-    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
     done = []
     for folder in sorted(path for path in results_root.iterdir() if path.is_dir()):
         if folder.name in config.PROFILES and published_metrics(folder):
             table = write_summary(folder, folder.name)
             done.append(f"{folder.name} ({len(table)} models)")
-            if f"<!-- results-{folder.name}:start -->" in text:
-                markdown = results_markdown(table, folder.name)
-                update_readme(markdown, readme, marker=f"results-{folder.name}")
-    if "<!-- profiles:start -->" in text:
-        update_readme(profiles_markdown(results_root), readme, marker="profiles")
-        done.append("profiles")
-    if "<!-- notebook-times:start -->" in text:
-        update_readme(notebook_times_markdown(results_root), readme, marker="notebook-times")
-        done.append("notebook times")
+            update_document(results_markdown(table, folder.name), f"results-{folder.name}", readme)
+    tables = {
+        "profiles": lambda: profiles_markdown(results_root),
+        "notebook-times": lambda: notebook_times_markdown(results_root),
+        "quickstart-time": lambda: quickstart_time_markdown(results_root),
+    }
     trials = results_root / TRIALS_DIR
-    if trials.is_dir() and "<!-- trials-quick:start -->" in text:
-        update_readme(trials_markdown(trials), readme, marker="trials-quick")
-        done.append("recipe trials")
-    if trials.is_dir() and "<!-- seed-trials-quick:start -->" in text:
-        update_readme(seed_groups_markdown(trials), readme, marker="seed-trials-quick")
-        done.append("recipe trials over seeds")
+    if trials.is_dir():
+        tables["trials-quick"] = lambda: trials_markdown(trials)
+        tables["seed-trials-quick"] = lambda: seed_groups_markdown(trials)
+    text = "".join(document.read_text(encoding="utf-8") for document in documents(readme))
+    for marker, markdown in tables.items():
+        if f"<!-- {marker}:start -->" in text:
+            update_document(markdown(), marker, readme)
+            done.append(marker)
     return done
 
 
