@@ -249,6 +249,15 @@ def test_trials_table_reads_what_each_trial_changed_from_its_profile(tmp_path):
         reports.trials_markdown(tmp_path / "empty")
 
 
+def test_comparison_labels_name_each_setting(tmp_path):
+    results, runs_dir = tmp_path / "results", tmp_path / "runs"
+    runs.publish_run(
+        _fake_run(runs_dir / "ft", "finetune", 0.8672, "efficientnet_lite2", 0.8706), results
+    )
+    (label,) = reports.comparison_labels(reports.summary_table(results))
+    assert label.endswith(" fine-tuned: 128 px, 10k images, CPU"), label
+
+
 def test_trials_over_seeds_are_averaged_per_arm(tmp_path):
     for seed, accuracy in ((42, 0.86), (43, 0.88)):
         _trial(tmp_path / f"plateau-seed{seed}-finetune", "finetune", accuracy, seed=seed)

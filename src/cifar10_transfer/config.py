@@ -82,13 +82,13 @@ def cache_dir() -> Path:
 # Movva et al.: "Enhancing CIFAR-10 Image Classification using Transfer Learning with
 # ResNet18"; Kornblith et al. 2019: "Do Better ImageNet Models Transfer Better?".
 PRIOR_WORK = {
-    "MapiAI: baseline CNN": 0.605,
+    "MapiAI: baseline CNN (10k images)": 0.605,
     "Kallu, Movva et al.: custom CNN": 0.73,
     "Kallu, Movva et al.: ResNet-18 fine-tuned": 0.82,
-    "MapiAI: ResNet-50 head only": 0.887,
-    "MapiAI: ResNet-50 fine-tuned": 0.91,
-    "Kornblith et al. 2019: ResNet-50 linear head": 0.936,
-    "Kornblith et al. 2019: ResNet-50 fine-tuned": 0.975,
+    "MapiAI: ResNet-50 head only (10k images, 224 px, GPU)": 0.887,
+    "MapiAI: ResNet-50 fine-tuned (10k images, 224 px, GPU)": 0.91,
+    "Kornblith et al. 2019: ResNet-50 linear head (all 50k images)": 0.936,
+    "Kornblith et al. 2019: ResNet-50 fine-tuned (all 50k images)": 0.975,
 }
 
 

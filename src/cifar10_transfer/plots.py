@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -592,7 +593,7 @@ def comparison_bars(
     ``prior_as``: "lines", reference lines across our bars (notebook 05); "bars", grey bars
     below ours with every value beside its bar (the slide deck: one row per figure reads
     at a distance, where five lines and their legend would not).
-    ``title``: default "Test accuracy: our experiments vs prior work"; "" for none.
+    ``title``: default "Test accuracy: our experiments vs prior results"; "" for none.
     ``size``: (width, height) in inches; default 10 wide, 0.6 in per bar.
     """
     if not results or not all(np.isscalar(value) for value in results.values()):
@@ -610,7 +611,8 @@ def comparison_bars(
     size = size or (10, 0.6 * len(names) + 3.2)
     figure, axis = plt.subplots(figsize=size, layout="constrained")
     if prior_as == "bars":
-        names += list(prior_work)
+        # A prior result's name carries its source and setting: two lines, to fit a slide.
+        names += [textwrap.fill(name, 34) for name in prior_work]
         values = np.append(values, list(prior_work.values()))
         colors = [OURS_COLOR] * len(results) + [PRIOR_COLOR] * len(prior_work)
         errors = np.append(errors, np.full(len(prior_work), np.nan))
@@ -624,7 +626,7 @@ def comparison_bars(
         axis.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
         handles = [Patch(color=OURS_COLOR, label="our runs")]
         if prior_work:
-            handles.append(Patch(color=PRIOR_COLOR, label="prior work (literature figures)"))
+            handles.append(Patch(color=PRIOR_COLOR, label="prior results (published figures)"))
         figure.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
     else:
         bars = axis.barh(
@@ -664,7 +666,7 @@ def comparison_bars(
             _fitted_legend(
                 figure,
                 (2, 1),
-                title="Prior work (reference lines)",
+                title="Prior results, by source and setting (published figures, not our runs)",
                 loc="outside lower center",
                 frameon=False,
             )
@@ -676,7 +678,7 @@ def comparison_bars(
         + (" (mean over seeds; error bars: ±1 standard deviation)" if spread_shown else "")
     )
     if title != "":
-        axis.set_title(title or "Test accuracy: our experiments vs prior work")
+        axis.set_title(title or "Test accuracy: our experiments vs prior results")
     return _save(figure, path, "comparison.png")
 
 

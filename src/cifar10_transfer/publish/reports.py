@@ -119,6 +119,16 @@ def summary_table(results_dir: str | os.PathLike) -> pd.DataFrame:
     )
 
 
+def comparison_labels(table: pd.DataFrame) -> list[str]:
+    """Each row's model with its setting (input size, training images, device), as the
+    comparison chart names our bars beside the prior results' settings."""
+    return [
+        f"{row.model}: {row.image_size} px, {row.train_size / 1000:g}k images, "
+        f"{str(row.device).split()[0].upper()}"
+        for row in table.itertuples()
+    ]
+
+
 def _mean_std(mean, std) -> str:
     """ "85.12% ± 0.31" (points), or "85.12%" for one seed; "–" for no value."""
     if pd.isna(mean):
