@@ -5,6 +5,7 @@ from quietly spending hours on a CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -42,18 +43,24 @@ def gpu_info() -> dict | None:
     if not any(d.startswith("gpu") for d in list_devices()):
         return None
     try:
-        result = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        name, capability = (part.strip() for part in result.stdout.splitlines()[0].split(","))
+        name, capability = (part.strip() for part in _nvidia_smi("name,compute_cap").split(","))
         major, minor = capability.split(".")
         return {"name": name, "compute_capability": (int(major), int(minor))}
     except (OSError, subprocess.SubprocessError, IndexError, ValueError):
         return {"name": "gpu", "compute_capability": None}
+
+
+def _nvidia_smi(query: str) -> str:
+    """nvidia-smi's answer to ``--query-gpu=query`` for the first GPU (CSV, no header or
+    units); OSError or SubprocessError without one."""
+    result = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return result.stdout.splitlines()[0]
 
 
 def auto_precision(gpu: dict | None) -> tuple[str, str]:
@@ -227,3 +234,77 @@ def check_accelerator(profile: config.Profile, results_dir: Path = CPU_MEASUREME
         f"{situation}. Train on a GPU (make GPU=1 installs the CUDA builds), or pass "
         "--allow-cpu (allow_cpu=True) to train on the CPU anyway"
     )
+
+
+# ---------------------------------------------------------------- a micro-batch that fits
+
+# benchmarks/memory.py's estimates of one training step per micro-batch (committed with the
+# project; beside the results when it is installed from a clone, as in Colab).
+MEMORY_ESTIMATES = config.COMMITTED_RESULTS.parent / "benchmarks" / "results"
+MEMORY_HEADROOM = 0.8  # use at most this share of the GPU's memory (the rest: the framework)
+
+
+def gpu_memory_bytes() -> int | None:
+    """Total memory of the first NVIDIA GPU (nvidia-smi, whatever the backend); None without."""
+    try:
+        return int(float(_nvidia_smi("memory.total"))) * 2**20  # MiB
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return None
+
+
+def step_memory_model(backbone: str, results_dir: Path = MEMORY_ESTIMATES) -> dict | None:
+    """Bytes of one training step as fixed + per_image x micro-batch, fitted to the largest
+    and smallest micro-batch of ``backbone``'s committed memory estimate (float32, every
+    layer training, at the estimate's image size); None without one."""
+    for path in sorted(Path(results_dir).glob(f"memory-{backbone}-*.json")):
+        try:
+            result = fileio.read_json(path)
+            steps = sorted(result["steps"], key=lambda step: step["micro_batch_size"])
+            small, large = steps[0], steps[-1]
+            per_image = (large["peak_bytes"] - small["peak_bytes"]) / (
+                large["micro_batch_size"] - small["micro_batch_size"]
+            )
+            fixed = small["peak_bytes"] - per_image * small["micro_batch_size"]
+        except (OSError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError):
+            continue
+        return {
+            "fixed": fixed,
+            "per_image": per_image,
+            "image_size": result["image_size"],
+            "file": path.name,
+        }
+    return None
+
+
+def fit_micro_batch(profile: config.Profile, memory_bytes: int | None = None) -> config.Profile:
+    """``profile`` with the fewest ``gradient_accumulation_steps`` whose micro-batch fits the
+    GPU's memory (``memory_bytes``, default: nvidia-smi's), the effective batch unchanged, and
+    a line saying so. Unchanged on a CPU, when the profile sets its own steps, or without a
+    memory estimate of its backbone. Activations grow with the input's pixels, so the
+    estimate's per-image bytes scale by (image_size / its image size)^2."""
+    if profile.gradient_accumulation_steps != 1 or not has_accelerator():
+        return profile
+    memory_bytes = memory_bytes or gpu_memory_bytes()
+    model = step_memory_model(profile.backbone)
+    if memory_bytes is None or model is None:
+        return profile
+    per_image = model["per_image"] * (profile.image_size / model["image_size"]) ** 2
+    budget = MEMORY_HEADROOM * memory_bytes
+
+    def needed(steps: int) -> float:
+        return model["fixed"] + per_image * profile.batch_size / steps
+
+    steps = 1
+    while needed(steps) > budget and profile.batch_size % (steps * 2) == 0:
+        steps *= 2
+    if steps == 1:
+        return profile
+    print(
+        f"micro-batch: a batch of {profile.batch_size} needs about {needed(1) / 2**30:.1f} GiB "
+        f"for one training step ({model['file']}, scaled to {profile.image_size} px) and this "
+        f"GPU has {memory_bytes / 2**30:.1f} GiB; training {steps} micro-batches of "
+        f"{profile.batch_size // steps} per update (gradient_accumulation_steps={steps}, about "
+        f"{needed(steps) / 2**30:.1f} GiB), the same effective batch",
+        flush=True,
+    )
+    return dataclasses.replace(profile, gradient_accumulation_steps=steps)

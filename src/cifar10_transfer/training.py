@@ -572,6 +572,11 @@ def setup(
             "MirroredStrategy does not support Keras's gradient accumulation; use 1 step or "
             "one device"
         )
+    if spec.stage == "finetune" and placement.device_count == 1:
+        # On a GPU: micro-batches that fit its memory (a T4 with paper's batch of 256).
+        profile = hardware.fit_micro_batch(profile)
+        steps = profile.gradient_accumulation_steps
+        stage = dataclasses.replace(stage, gradient_accumulation_steps=steps)
     hardware.check_accelerator(profile)
     set_seed(profile.seed)
     precision = hardware.configure_precision(profile.precision)
