@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -611,8 +610,7 @@ def comparison_bars(
     size = size or (10, 0.6 * len(names) + 3.2)
     figure, axis = plt.subplots(figsize=size, layout="constrained")
     if prior_as == "bars":
-        # A prior result's name carries its source and setting: two lines, to fit a slide.
-        names += [textwrap.fill(name, 34) for name in prior_work]
+        names += list(prior_work)
         values = np.append(values, list(prior_work.values()))
         colors = [OURS_COLOR] * len(results) + [PRIOR_COLOR] * len(prior_work)
         errors = np.append(errors, np.full(len(prior_work), np.nan))

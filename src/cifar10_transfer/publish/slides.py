@@ -432,7 +432,7 @@ def results_slide(figure: Figure, deck: Deck) -> None:
     ]
     sections = [
         (f"Our runs (profile {deck.profile})", rows, plots.OURS_COLOR),
-        ("Prior work: literature figures, not our runs", prior, plots.MUTED_COLOR),
+        ("Prior results: published figures, not our runs", prior, plots.MUTED_COLOR),
     ]
     row_height = min(0.42, (CONTENT_TOP - 1.6) / (len(rows) + len(prior) + 2))
     for header, right in columns:
@@ -633,7 +633,7 @@ SLIDES: list[tuple[str, Callable[[Figure, Deck], None]]] = [
     ("The problem", problem_slide),
     ("The data", data_slide),
     ("Method: baseline → head → fine-tuning", method_slide),
-    ("Results against prior work", results_slide),
+    ("Our results and prior results", results_slide),
     ("Test accuracy, side by side", comparison_slide),
     ("Training: head, then fine-tuning", curves_slide),
     ("Error analysis", errors_slide),
