@@ -57,12 +57,12 @@ def test_notebook_runs_alone_in_a_fresh_runtime(notebook, installed, tmp_path, r
     assert "profile 'smoke' (chosen by name)" in outputs
     assert (work / "results" / "smoke").is_dir()
     if notebook.name == "04_finetune.ipynb":
-        assert "finetune starts from a head run; none in" in outputs  # trained in view
+        assert "no head run in " in outputs and "training it first" in outputs  # in view
     if notebook.name == "05_compare_and_errors.ipynb":
         assert "no results of profile 'smoke'" in outputs and "trained just now" in outputs
         # The own-image cell: the best model's class and confidence for the example photo.
         classes = "|".join(config.CLASS_NAMES)
-        assert re.search(rf"\): ({classes}) \(\d+%\)", outputs)
+        assert re.search(rf": ({classes}) \(\d+%\)\n", outputs)
         assert (work / "images" / "smoke" / "your_image.png").is_file()
 
 
