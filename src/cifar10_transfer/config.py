@@ -77,20 +77,20 @@ def cache_dir() -> Path:
 
 
 # Prior results we compare with (CIFAR-10 test accuracy, fractions), by source and setting
-# (training images, input size), short enough for a chart's legend. They are published
-# figures, not our results, and are only drawn as reference lines. MapiAI: the MapiAI
+# (training images, input size; "tuned": fine-tuned), short enough for a slide's chart. They
+# are published figures, not our results, and are only drawn as reference lines. MapiAI: the MapiAI
 # cifar10-image-classification repository (10k training images, 224 px, GPU); Kallu et al.:
 # Kallu, Movva et al., "Enhancing CIFAR-10 Image Classification using Transfer Learning with
 # ResNet18"; Kornblith: Kornblith et al. 2019, "Do Better ImageNet Models Transfer Better?"
 # (all 50k training images).
 PRIOR_WORK = {
-    "MapiAI: baseline CNN (10k images)": 0.605,
+    "MapiAI: baseline CNN, 10k": 0.605,
     "Kallu et al.: custom CNN": 0.73,
-    "Kallu et al.: ResNet-18 fine-tuned": 0.82,
+    "Kallu et al.: ResNet-18 tuned": 0.82,
     "MapiAI: ResNet-50 head, 224 px": 0.887,
-    "MapiAI: ResNet-50 fine-tuned, 224 px": 0.91,
-    "Kornblith: ResNet-50 linear head, 50k": 0.936,
-    "Kornblith: ResNet-50 fine-tuned, 50k": 0.975,
+    "MapiAI: ResNet-50 tuned, 224 px": 0.91,
+    "Kornblith: ResNet-50 linear, 50k": 0.936,
+    "Kornblith: ResNet-50 tuned, 50k": 0.975,
 }
 
 

@@ -88,7 +88,7 @@ def _fitted_legend(figure, columns, **kwargs):
     figure's width, else the last: in slide type sizes a row of labels can outgrow it."""
     for ncols in columns:
         legend = figure.legend(ncols=ncols, **kwargs)
-        if ncols == columns[-1] or legend.get_window_extent().width <= figure.bbox.width:
+        if ncols == columns[-1] or legend.get_window_extent().width <= 0.95 * figure.bbox.width:
             return legend
         legend.remove()
 
@@ -664,7 +664,7 @@ def comparison_bars(
             _fitted_legend(
                 figure,
                 (2, 1),
-                title="Prior results, by source and setting (published figures, not our runs)",
+                title="Prior results (published, not our runs)",
                 loc="outside lower center",
                 frameon=False,
             )
