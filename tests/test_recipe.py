@@ -230,7 +230,7 @@ def test_without_batch_augmentation_fit_takes_the_arrays_shuffled():
 def test_mixed_batches_mix_images_and_labels_and_reshuffle(mixing):
     images, labels = tiny_data(20)
     stage = finetune_stage(mixing=mixing, randaugment=True)
-    batches = training.Batches(images, labels, stage, seed=0)
+    batches = training.Batches(images, labels, stage.micro_batch_size, stage, seed=0)
     assert len(batches) == 3
     x, y = batches[0]
     assert x.shape == (8, *config.IMAGE_SHAPE) and y.shape == (8, config.NUM_CLASSES)

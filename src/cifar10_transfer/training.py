@@ -264,11 +264,11 @@ def train_batches(images, labels, stage: Stage, seed: int = 0) -> dict:
     one-hot labels, reshuffled every epoch. As NumPy arrays, Keras's fastest path; with the
     stage's RandAugment, MixUp or CutMix, a ``Batches`` dataset that passes each batch
     through them."""
-    if stage.randaugment or stage.mixing != "none":
-        return {"x": Batches(images, labels, stage, seed)}
     # On several machines each process feeds its own rows (placement.local) and its share
     # of every batch.
     batch_size = stage.micro_batch_size // distribute.process_count()
+    if stage.randaugment or stage.mixing != "none":
+        return {"x": Batches(images, labels, batch_size, stage, seed)}
     return {"x": images, "y": one_hot(labels), "batch_size": batch_size, "shuffle": True}
 
 
@@ -277,12 +277,9 @@ class Batches(keras.utils.PyDataset):
     then MixUp or CutMix. These mix labels too, so they run here, on each batch before the
     train step, rather than inside the model; the order is reshuffled every epoch."""
 
-    def __init__(self, images, labels, stage: Stage, seed: int = 0, **kwargs):
+    def __init__(self, images, labels, batch_size: int, stage: Stage, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.images, self.labels = images, one_hot(labels)
-        # On several machines each process feeds its own rows (placement.local) and its
-        # share of every batch.
-        self.batch_size = stage.micro_batch_size // distribute.process_count()
+        self.images, self.labels, self.batch_size = images, one_hot(labels), batch_size
         self.layers = []
         if stage.randaugment:
             self.layers.append(
@@ -621,9 +618,7 @@ def check_converged(run: Setup, history: pd.DataFrame, metrics: dict, predicted)
     """TrainingDiverged for a non-finite training loss (TerminateOnNaN stopped the run), one
     that blew up, or a model collapsed onto one class, confidently, at chance accuracy; a
     warning line for chance accuracy alone (a smoke run's few images, or far too few epochs)."""
-    setting = {"baseline": "baseline_learning_rate"}.get(
-        run.spec.stage, f"{run.spec.stage}_learning_rate"
-    )
+    setting = f"{run.spec.stage}_learning_rate"  # baseline_, head_ or finetune_learning_rate
     accuracy, loss = metrics["test_accuracy"], metrics["test_loss"]
     at_chance = accuracy < 2 / config.NUM_CLASSES
     share = np.bincount(predicted, minlength=config.NUM_CLASSES).max() / len(predicted)
@@ -649,7 +644,7 @@ def save_run(run: Setup, model: keras.Model, probabilities) -> dict:
     predictions (fine-tuning: also with flipped copies) and metrics.json's dict, written with
     the model to the run folder, and returned. A diverged run is an error, not a result."""
     splits, stage, placement = run.splits, run.stage, run.placement
-    history = read_history(run.job.out_dir, remove=True)
+    history = own = read_history(run.job.out_dir, remove=True)
     history["stage"] = run.spec.stage
     extra = {"batch_size": stage.batch_size}  # a baseline's is baseline_batch_size
     if run.spec.stage == "finetune":
@@ -675,9 +670,7 @@ def save_run(run: Setup, model: keras.Model, probabilities) -> dict:
         device_count=placement.device_count,
         extra=extra,
     )
-    check_converged(
-        run, history[history["stage"] == run.spec.stage], metrics, probabilities.argmax(axis=1)
-    )
+    check_converged(run, own, metrics, probabilities.argmax(axis=1))
     if placement.is_chief:
         runs.write(run.out_dir, model, history, splits.y_test, probabilities, metrics)
     placement.finish(run.job.out_dir)
