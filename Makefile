@@ -11,6 +11,7 @@ PRECISION ?=
 SET ?=
 DATA ?=
 SEEDS ?= 1
+SEED ?=
 
 .PHONY: help lab venv test lint reproduce reproduce-ratio bench gpu-suite gpu-bundle presentation demo screenshot clean
 
@@ -70,12 +71,13 @@ test: lint ## ruff, then the whole test suite (what CI runs)
 
 # make reproduce [PROFILE=quick] [SEEDS=1] [BACKBONE=...] [WEIGHTS=...] [PRECISION=...] [DATA=...]
 #                [SET="key=value key=value"] (any profile setting):
-# notebooks 01-05, then the results table.
+# notebooks 01-05, then the results table. SEED=N instead trains seed N alone (no notebooks)
+# and adds it to the table: a long profile's extra seeds, one command each.
 reproduce: $(INSTALLED) ## run notebooks 01-05 headless, then regenerate every table [PROFILE= SEEDS= DATA=]
 	$(PY) -m cifar10_transfer reproduce --profile $(PROFILE) \
 		$(if $(BACKBONE),--backbone $(BACKBONE)) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 		$(if $(PRECISION),--precision $(PRECISION)) $(if $(DATA),--data $(DATA)) \
-		$(foreach setting,$(SET),--set $(setting)) --seeds $(SEEDS)
+		$(foreach setting,$(SET),--set $(setting)) --seeds $(SEEDS) $(if $(SEED),--extra-seed $(SEED))
 
 BASE ?= 3755db2
 RATIO_DIR ?= /tmp/cifar10-reproduce-ratio

@@ -80,6 +80,7 @@ PROFILE_CHANGES = {
         "baseline_epochs": 1,
         "baseline_batch_size": 50,
     },
+    "hires": {"image_size": 224, "finetune_epochs": 3},
     "full": {
         **GPU_CHANGES,
         "train_size": None,
@@ -151,7 +152,7 @@ def test_profile_takes_a_profile_as_its_base():
 
 def test_unknown_profile_or_setting_is_a_value_error():
     with pytest.raises(
-        ValueError, match="^profile must be one of quick, smoke, full, paper, fast, got"
+        ValueError, match="^profile must be one of quick, smoke, hires, full, paper, fast, got"
     ):
         config.profile("huge")
     with pytest.raises(ValueError, match=r"^unknown profile setting\(s\) \['epochz'\]; known:"):

@@ -74,6 +74,8 @@ def make_dry_run(*arguments: str) -> str:
 def test_reproduce_passes_seeds_and_gpu_suite_its_scale():
     assert "--seeds 3" in make_dry_run("reproduce", "SEEDS=3")
     assert "--seeds 1" in make_dry_run("reproduce")
+    assert "--extra-seed" not in make_dry_run("reproduce")
+    assert "--seeds 1 --extra-seed 44" in make_dry_run("reproduce", "PROFILE=hires", "SEED=44")
     suite = make_dry_run("gpu-suite", "SCALE=tiny", "DATA=data.tar.gz")
     assert "benchmarks/gpu_suite.py --scale tiny --data data.tar.gz" in suite
 

@@ -252,3 +252,39 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
                 experiment,
                 key,
             )
+
+
+def write_seed_metrics(results_dir, profile, seed):
+    """A seed folder as train_seeds leaves it: each experiment's metrics.json names its recipe."""
+    for experiment in ("baseline_cnn", "finetune"):
+        folder = results_dir / profile.name / "seeds" / str(seed) / experiment
+        folder.mkdir(parents=True)
+        recipe = {**profile.to_dict(), "seed": seed}
+        (folder / "metrics.json").write_text(json.dumps({"profile": recipe}))
+
+
+def test_extra_seed_keeps_seeds_of_its_recipe_and_drops_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "RESULTS_DIR", tmp_path)
+    hires = config.profile("hires")
+    write_seed_metrics(tmp_path, hires, 43)
+    write_seed_metrics(tmp_path, config.profile("hires", finetune_epochs=9), 44)
+    trained = []
+    monkeypatch.setattr(
+        reproduce, "train_seeds", lambda profile, seeds, data, devices: trained.append(seeds)
+    )
+    monkeypatch.setattr(reproduce.reports, "refresh_tables", lambda: [])
+    assert reproduce.extra_seed(hires, 45) == tmp_path / "hires" / "results.md"
+    assert trained == [[45]]
+    # Seed 43 ran this recipe and stays for the table; 44 ran another number of epochs.
+    assert sorted(path.name for path in (tmp_path / "hires" / "seeds").iterdir()) == ["43"]
+
+
+def test_extra_seed_refuses_the_notebooks_seed_before_any_training(monkeypatch, capsys):
+    monkeypatch.setattr(reproduce, "train_seeds", lambda *args: pytest.fail("it trained"))
+    with pytest.raises(ValueError, match="seed=42 is the notebooks' own seed"):
+        reproduce.extra_seed(config.profile("hires"), 42)
+    from cifar10_transfer import cli
+
+    assert cli.main(["reproduce", "--profile", "hires", "--extra-seed", "44", "--seeds", "2"]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["error: --extra-seed trains one seed alone: expected no --seeds with it"]

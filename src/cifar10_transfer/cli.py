@@ -199,6 +199,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from cifar10_transfer.publish import reproduce
 
+    if args.extra_seed is not None:
+        if args.seeds != 1:
+            raise ValueError("--extra-seed trains one seed alone: expected no --seeds with it")
+        profile = config.check(config.profile(_profile_name(args), **_overrides(args)))
+        print(reproduce.extra_seed(profile, args.extra_seed, args.data, args.devices).read_text())
+        return 0
     try:
         reproduce.reproduce(
             _profile_name(args),
@@ -228,6 +234,7 @@ EXAMPLES = """examples:
   cifar10-transfer train finetune --resume            # after Ctrl-C: from its last epoch
   cifar10-transfer evaluate runs/quick/finetune --tta --json
   cifar10-transfer reproduce --profile quick --seeds 3
+  cifar10-transfer reproduce --profile hires --extra-seed 43   # one more seed, on its own
   cifar10-transfer demo runs/quick/finetune           # the upload demo on 127.0.0.1:7860
 """
 
@@ -288,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="train the baseline CNN, head and fine-tuning with this many seeds (the profile's "
         "seed, then +1, +2, ...); the table reports mean ± std (default: 1)",
+    )
+    rerun.add_argument(
+        "--extra-seed",
+        type=int,
+        metavar="SEED",
+        help="instead: train the baseline CNN, head and fine-tuning with this seed alone, no "
+        "notebooks, and add them to the table beside the notebooks' seed (for profiles whose "
+        "seeds do not fit one command's time)",
     )
     rerun.set_defaults(handler=cmd_reproduce)
 

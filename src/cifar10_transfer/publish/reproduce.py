@@ -157,6 +157,36 @@ def train_seeds(profile: config.Profile, seeds, data=None, devices=None) -> Path
     return results
 
 
+def extra_seed(profile: config.Profile, seed: int, data=None, devices=None) -> Path:
+    """``make reproduce SEED=N``: train ``SEED_EXPERIMENTS`` with seed ``seed`` alone (no
+    notebooks), beside the runs of an earlier or later one-seed ``make reproduce`` in the
+    table, for profiles whose extra seeds do not fit one command's time. Returns results.md."""
+    if seed == profile.seed:
+        raise ValueError(
+            f"seed={seed} is the notebooks' own seed: expected another one (make reproduce "
+            f"PROFILE={profile.name} trains {seed})"
+        )
+    drop_other_recipes(profile)
+    train_seeds(profile, [seed], data, devices)
+    for table in reports.refresh_tables():
+        print(f"regenerated {table}")
+    return config.RESULTS_DIR / profile.name / "results.md"
+
+
+def drop_other_recipes(profile: config.Profile) -> None:
+    """Delete the extra seeds in results/<profile>/seeds/ that ran another recipe than
+    ``profile`` (any setting but the seed differs): they must not mix into its table."""
+    wanted = {**profile.to_dict(), "seed": None}
+    for folder in sorted((config.RESULTS_DIR / profile.name / reports.SEEDS_DIR).glob("*")):
+        recipes = [
+            {**fileio.read_json(path)["profile"], "seed": None}
+            for path in folder.glob("*/metrics.json")
+        ]
+        if any(recipe != wanted for recipe in recipes):
+            print(f"dropping {folder} (another recipe than this one)", flush=True)
+            shutil.rmtree(folder)
+
+
 def find_results(profile: config.Profile, data=None, devices=None) -> tuple[Path, str]:
     """The results notebook 05 compares, and a sentence saying which they are. In order:
     results/<profile>/ under this root (runs made here: notebooks 02-04 or make reproduce),
@@ -265,8 +295,10 @@ def reproduce(
     started = time.perf_counter()
     paths = [config.NOTEBOOKS_DIR / name for name in config.NOTEBOOKS]
     timings = run_notebooks(parameters, notebooks_dir, paths[:-1])
-    # Earlier extra-seed results would mix into the table: replace them.
-    shutil.rmtree(results_dir / reports.SEEDS_DIR, ignore_errors=True)
+    if seeds > 1:  # earlier extra-seed results would mix into the table: replace them
+        shutil.rmtree(results_dir / reports.SEEDS_DIR, ignore_errors=True)
+    else:  # those of --extra-seed stay where they ran this recipe
+        drop_other_recipes(profile)
     if seeds > 1:
         seeds_started = time.perf_counter()
         # These train in this process: what TensorFlow's C++ code writes to stderr (its
