@@ -3,7 +3,7 @@ subprocesses (never at the same time) with the same settings, and the ratio jax 
 
     python benchmarks/backends.py --image-size 96 --batch-size 16 --steps 20 --warmup 3   # CPU
 
-Goal (issue 12): JAX trains at least 0.8x as many images/s as TensorFlow, so the same code is
+Goal: JAX trains at least 0.8x as many images/s as TensorFlow, so the same code is
 usable on either. With ``--repeats N`` each backend runs N times, in alternating order (a
 change in the machine's load then hits both alike), and each backend's median counts.
 """

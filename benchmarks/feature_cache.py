@@ -60,12 +60,12 @@ def run_stage(splits, profile: config.Profile, cache_features: bool, runs_dir: P
     timer = timers.StepTimer()
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        run = training.setup("head", profile, splits=splits, out_dir=folder, callbacks=(timer,))
-        stage = run.stage
+        setup = training.set_up("head", profile, splits=splits, out_dir=folder, callbacks=(timer,))
+        stage = setup.stage
         model = models.build_transfer_model(profile)
         model.get_layer("backbone").trainable = False
         if cache_features:  # what the head stage does: the head trains on stored features
-            features = training.head_features(model, run)
+            features = training.head_features(model, setup)
             trainee = model.get_layer("head")
             x, x_val, x_test = features["train"], features["val"], features["test"]
         else:  # the frozen backbone runs on every image in every epoch
@@ -73,7 +73,7 @@ def run_stage(splits, profile: config.Profile, cache_features: bool, runs_dir: P
         trainee.compile(
             **training.compile_arguments(stage, training.steps_per_epoch(len(x), stage))
         )
-        training.fit(trainee, x, splits.y_train, x_val, splits.y_val, stage, run.job)
+        training.fit(trainee, x, splits.y_train, x_val, splits.y_val, stage, setup.job)
         probabilities = trainee.predict(x_test, batch_size=stage.batch_size, verbose=0)
         wall_s = time.perf_counter() - started
     return {

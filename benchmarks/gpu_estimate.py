@@ -1,6 +1,6 @@
 """Minutes per notebook on a Colab T4, estimated until the GPU suite measures them.
 
-No GPU is lent to this project's CI, so the README's Colab table needs an estimate for the
+No GPU runs in this project's CI, so the README's Colab table needs an estimate for the
 GPU profiles. This script counts the floating-point work each notebook does under a profile
 (multiply-adds of every Conv2D, DepthwiseConv2D and Dense layer of our own models, times the
 images and epochs the profile trains and evaluates) and divides it by a T4's effective rate.

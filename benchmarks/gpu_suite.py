@@ -1,12 +1,13 @@
 """The GPU suite: every GPU figure from one command, most wanted first.
 
-The GPU machine is lent for minutes, so the suite runs in priority order and writes each
-result the moment it exists; a run cut off by the time limit keeps everything before it.
+A GPU machine may be available for minutes only, so the suite runs in priority order and
+writes each result the moment it exists; a run cut off by a time limit keeps everything
+before it.
 
 1. ``throughput``: training images/s of ours against the plain-PyTorch reference, Lite0
    and ResNet-50 (random weights: speed only) at the profile's image size (compare.py).
 2. ``fast``: time to 94% test accuracy (time_to_accuracy.py, the ``fast`` profile).
-3. ``paper``: the seeds' setup (10k subset, 224 px) with Lite0, head then fine-tuning.
+3. ``paper``: the MapiAI setting (10k subset, 224 px) with Lite0, head then fine-tuning.
 4. ``baseline``: the baseline CNN on all training images, with augmentation (``full``'s settings).
 5. ``full``: all training images with Lite0, head then fine-tuning.
 6. ``seeds``: seeds 43 and 44 of ``full``, each only if the time left holds it.
@@ -22,8 +23,8 @@ step by step, is ``benchmarks/results/gpu_suite-<device>.json``.
 
 ``--scale tiny`` runs every step end to end on tiny data and images (a few minutes on a
 CPU) and writes under ``--root`` (default runs/gpu-suite-tiny/), never into results/. On the
-device machine ``--root $OUT`` returns what a cut-off run had written
-(``benchmarks/gpu_suite.sh`` does this).
+GPU machine, ``--root`` pointed at the folder that comes back keeps what a cut-off run had
+written (``benchmarks/gpu_suite.sh`` does this).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class Suite:
     def __init__(self, args: argparse.Namespace):
         self.args, self.tiny = args, args.scale == "tiny"
         # Outputs: the project's results/ and benchmarks/results/, or the same layout under
-        # --root (the device machine's $OUT, so that a cut-off run still returns them);
+        # --root (the folder that comes back from a GPU machine, even from a cut-off run);
         # run folders (models, feature caches) stay in runs/, never in what is returned.
         default_root = config.RUNS_DIR / "gpu-suite-tiny" if self.tiny else None
         root = Path(args.root).resolve() if args.root else default_root

@@ -18,7 +18,7 @@ QUICK_RECIPE = {
     "backbone": "efficientnet_lite2",
     "weights": "imagenet",
     "image_size": 96,
-    "head": "seed",
+    "head": "dense",
     "head_units": 256,
     "dropout_rate": 0.5,
     "label_smoothing": 0.1,
@@ -265,8 +265,9 @@ def test_unknown_experiment_is_a_value_error():
 def test_stage_reads_its_own_settings_from_the_profile():
     profile = config.profile("smoke", gradient_accumulation_steps=2, lr_schedule="cosine")
     assert training.Stage.of(profile, "baseline") == training.Stage(
-        "baseline", 1, 50, 2e-3, "cosine", 2, 0.0, 2
-    )
+        name="baseline", epochs=1, batch_size=50, learning_rate=2e-3, schedule="cosine",
+        patience=2, label_smoothing=0.0,
+    )  # fmt: skip
     head = training.Stage.of(profile, "head")
     assert (head.epochs, head.batch_size, head.learning_rate) == (1, 50, 1e-3)
     finetune = training.Stage.of(profile, "finetune")

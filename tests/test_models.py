@@ -48,14 +48,14 @@ def test_build_makes_a_baseline_experiment_from_its_builder(name, augment):
 
 def test_build_makes_the_head_experiment_a_transfer_model_of_the_profile():
     profile = config.profile(
-        "smoke", backbone="resnet50", weights=None, image_size=48, head_units=16, head="slides"
+        "smoke", backbone="resnet50", weights=None, image_size=48, head_units=16, head="dense_bn"
     )
     model = models.build(config.experiment("head"), profile)
     assert model.name == "resnet50_transfer"
     assert model.get_layer("resize").output.shape[1:3] == (48, 48)
     head = model.get_layer("head")
     assert head.get_layer("head_dense").units == 16
-    assert "head_bn" in [layer.name for layer in head.layers]  # the "slides" head
+    assert "head_bn" in [layer.name for layer in head.layers]  # the "dense_bn" head
     assert not model.get_layer("backbone").trainable  # the head stage starts frozen
 
 
@@ -73,10 +73,18 @@ def test_transfer_model_resizes_inside_and_has_no_lambda():
 
 
 def test_caffe_preprocessing_is_bgr_minus_imagenet_mean():
-    layer = models._caffe_preprocessing()
+    layer = models.preprocessing("resnet50")
     rgb = np.array([[[[10.0, 20.0, 30.0]]]], dtype="float32")
     expected = np.array([30.0, 20.0, 10.0]) - np.array(models.CAFFE_MEAN_BGR)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(rgb))[0, 0, 0], expected, rtol=1e-5)
+
+
+def test_torch_preprocessing_is_imagenet_mean_and_std_on_0_to_1():
+    layer = models.preprocessing("densenet121")
+    rgb = np.array([[[[10.0, 200.0, 30.0]]]], dtype="float32")
+    expected = (rgb[0, 0, 0] / 255 - np.array(models.TORCH_MEAN_RGB)) / models.TORCH_STD_RGB
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(rgb))[0, 0, 0], expected, rtol=1e-5)
+    assert isinstance(models.preprocessing("efficientnet_lite0"), keras.layers.Identity)
 
 
 def test_augmentation_is_active_only_in_training():

@@ -2,11 +2,13 @@
 notebook 05 finds, the measured times they print, and the one-seed time comparison."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_training import SMALL, synthetic_splits
 
@@ -45,8 +47,8 @@ def test_head_stage_freezes_the_backbone_and_fine_tuning_unfreezes_from_the_prof
     assert trains["head"] == "all"
     assert {value for part, value in trains.items() if part.startswith("backbone ")} == {"no"}
 
-    run = training.setup("finetune", profile, splits=splits)
-    model = training.load_head_model(run)  # the head run just written
+    setup = training.set_up("finetune", profile, splits=splits)
+    model = training.load_head_model(setup)  # the head run just written
     models.set_trainable(model, profile.unfreeze, train_bn=profile.train_bn)
     after = models.trainable_table(model)
     assert after.loc[after["part"] == "backbone conv5", "trains"].item() == "part"  # BN frozen
@@ -109,18 +111,77 @@ def test_notebook_05_trains_what_it_compares_when_nothing_exists(monkeypatch):
     assert folder == config.RESULTS_DIR / "smoke" and "trained just now" in which
 
 
-def test_expected_time_reads_the_committed_timings():
-    assert "no measured time" in reproduce.expected_time("quick", "04_finetune.ipynb")
+def test_expected_time_reads_the_committed_timings_and_says_which_recipe_ran():
+    quick = config.profile("quick")
+    assert "no measured time" in reproduce.expected_time(quick, "04_finetune.ipynb")
     folder = config.COMMITTED_RESULTS / "quick"
     fileio.write_json(folder / "notebooks" / "timings.json", {"seconds": {"04_finetune.ipynb": 90}})
-    fileio.write_json(folder / "finetune" / "metrics.json", {"device": "cpu (x86_64, 2 cores)"})
-    assert reproduce.expected_time("quick", "04_finetune.ipynb") == (
+    fileio.write_json(
+        folder / "finetune" / "metrics.json",
+        {"device": "cpu (x86_64, 2 cores)", "profile": {**quick.to_dict(), "seed": 7}},
+    )
+    assert reproduce.expected_time(quick, "04_finetune.ipynb") == (
         "04_finetune.ipynb took 1.5 min in the committed make reproduce of 'quick' on "
-        "cpu (x86_64, 2 cores)"
+        "cpu (x86_64, 2 cores), the same recipe as this run"
+    )
+    longer = config.profile("quick", finetune_epochs=9)
+    assert reproduce.expected_time(longer, "04_finetune.ipynb").endswith(
+        "another recipe than this run's (finetune_epochs=4→9)"
     )
     table = reports.notebook_times_markdown(config.COMMITTED_RESULTS)
     assert "| 04_finetune.ipynb" in table and "1.5 min" in table
     assert "not measured yet (a GPU)" in table
+
+
+def test_expect_lines_cite_the_committed_results_of_this_recipe_or_say_they_are_not():
+    # The real committed results: the line quotes results/quick's own table, and says
+    # plainly when the profile asks for another recipe than the one that made them.
+    committed = config.CHECKOUT / "results"
+    for name in ("quick", "hires"):
+        folder = committed / name
+        if not (folder / "finetune" / "metrics.json").exists():
+            continue
+        (config.COMMITTED_RESULTS / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(folder, config.COMMITTED_RESULTS / name)
+        row = reports.summary_table(folder).set_index("experiment").loc["finetune"]
+        recorded = fileio.read_json(folder / "finetune" / "metrics.json")["profile"]
+        profile = config.profile(name)
+        line = reproduce.expected_result(profile, "finetune")
+        assert f"{100 * row['test_accuracy']:.2f}%" in line and str(row["git_commit"]) in line
+        same = not reproduce.recipe_differences(recorded, profile)
+        assert line.startswith("expect about") == same, line
+        other = reproduce.expected_result(config.profile(name, finetune_epochs=99), "finetune")
+        assert other.startswith("the committed result comes from another recipe")
+        assert "finetune_epochs=" in other and "→99" in other
+
+
+def test_curve_notes_say_what_the_learning_rate_and_the_accuracies_did():
+    history = pd.DataFrame({
+        "stage": ["head", "head", "finetune", "finetune", "finetune"],
+        "accuracy": [0.80, 0.91, 0.72, 0.78, 0.80],
+        "val_accuracy": [0.70, 0.75, 0.84, 0.86, 0.87],
+        "learning_rate": [1e-3, 1e-3, 3e-4, 3e-4, 3e-4],
+    })  # fmt: skip
+    stage = training.Stage.of(config.profile("quick"), "finetune")
+    notes = reports.curve_notes(history, stage)
+    assert "training accuracy from 91.0% to 72.0%" in notes and "augmented images" in notes
+    assert "ReduceLROnPlateau did not fire" in notes and "still rising" in notes
+    history.loc[4, "learning_rate"] = 6e-5
+    history.loc[4, "val_accuracy"] = 0.85
+    notes = reports.curve_notes(history, stage)
+    assert "ReduceLROnPlateau cut the learning rate after fine-tuning epoch 2" in notes
+    assert "no longer rising" in notes and "did not fire" not in notes
+
+
+def test_reliability_note_reads_which_way_the_bars_fall():
+    bins = pd.DataFrame({"confidence": [0.5, 0.7, 0.9], "accuracy": [0.6, 0.85, 0.97],
+                         "count": [100, 300, 600]})  # fmt: skip
+    note = reports.reliability_note(bins, 0.08, label_smoothing=0.1)
+    assert "**underconfident**" in note and "100% of the test images" in note
+    assert "label smoothing 0.1" in note and "8.0% (ECE)" in note
+    bins["accuracy"] = [0.4, 0.6, 0.85]
+    note = reports.reliability_note(bins, 0.05)
+    assert "**overconfident**" in note and "label smoothing" not in note
 
 
 def test_best_trained_is_the_best_model_on_this_machine():

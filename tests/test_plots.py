@@ -131,6 +131,34 @@ def test_confusion_matrix_heatmap_annotates_row_percentages(tmp_path):
     assert "0" not in texts  # empty cells stay blank
 
 
+def test_confusion_matrices_are_titled_by_model_and_share_one_colour_scale(tmp_path):
+    good, bad = np.diag([95] * 10), np.diag([60] * 10)
+    good[0, 1], bad[0, 1], bad[2, 3] = 5, 40, 40
+    scales = []
+    for name, counts in (("Baseline CNN", bad), ("fine-tuned", good)):
+        figure = plots.confusion_matrix_heatmap(counts, model=name, path=tmp_path / f"{name}.png")
+        assert figure.axes[0].get_title().startswith(f"{name}: confusion matrix")
+        scales.append(figure.axes[0].collections[0].get_clim())
+    # The same shade is the same share of the true class in every model's figure.
+    assert scales[0] == scales[1] == (0, plots.CONFUSION_SCALE_MAX)
+
+
+def test_reliability_legend_has_every_colour_the_bars_use(tmp_path):
+    bins = pd.DataFrame({"bin_lower": [0.4, 0.6, 0.8], "bin_upper": [0.6, 0.8, 1.0],
+                         "confidence": [0.5, 0.7, 0.9], "accuracy": [0.6, 0.6, 0.97],
+                         "count": [10, 30, 60]})  # fmt: skip
+    figure = plots.reliability_diagram(bins, 0.05, path=tmp_path / "reliability.png")
+    axis = figure.axes[0]
+    legend = axis.get_legend()
+    handles = [handle for handle in legend.legend_handles if hasattr(handle, "get_facecolor")]
+    legend_colours = {tuple(handle.get_facecolor()) for handle in handles}
+    drawn = {tuple(patch.get_facecolor()) for patch in axis.patches}
+    assert drawn <= legend_colours
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert any(label.startswith("overconfident") for label in labels)
+    assert any(label.startswith("underconfident") for label in labels)
+
+
 @pytest.mark.parametrize(
     ("draw", "message"),
     [

@@ -78,16 +78,17 @@ def test_warmup_rises_linearly_then_cosine_decays_to_zero():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"optimizer": "rmsprop"}, "optimizer must be one of adam, adamw, sgd"),
-        ({"mixing": "blend"}, "mixing must be one of none, mixup, cutmix"),
-        ({"schedule": "step"}, "lr_schedule must be one of plateau, cosine, constant"),
-        ({"warmup_epochs": 1, "schedule": "plateau"}, "warm-up needs lr_schedule=cosine"),
-        ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+        ({"optimizer": "rmsprop"}, "optimizer='rmsprop': expected one of adam, adamw, sgd"),
+        ({"mixing": "blend"}, "mixing='blend': expected one of none, mixup, cutmix"),
+        ({"lr_schedule": "step"}, "lr_schedule='step': expected one of plateau, cosine"),
+        ({"warmup_epochs": 1, "lr_schedule": "plateau"}, "warmup_epochs=1 needs lr_schedule"),
+        ({"weight_decay": -1.0}, r"weight_decay=-1.0: expected a number in \[0, 1\]"),
+        ({"weight_decay": 1e-4, "optimizer": "adam"}, "weight_decay=0.0001 needs optimizer=adamw"),
     ],
 )
 def test_recipe_settings_outside_their_choices_are_value_errors(settings, message):
     with pytest.raises(ValueError, match=message):
-        finetune_stage(**settings).check()
+        config.check(config.profile("smoke", **settings))
 
 
 def test_profile_recipe_reaches_only_the_finetune_stage():
@@ -211,7 +212,7 @@ def test_stochastic_depth_drops_blocks_in_training_only_and_keeps_batchnorm_froz
 
 def test_stochastic_depth_needs_an_efficientnet_lite_backbone():
     with pytest.raises(ValueError, match="stochastic_depth=0.2 needs an efficientnet_lite"):
-        models.build_backbone("resnet50", weights=None, image_size=32, stochastic_depth=0.2)
+        models.application("resnet50", stochastic_depth=0.2)
 
 
 # ---------------------------------------------------------------- MixUp, CutMix, RandAugment

@@ -237,10 +237,14 @@ def test_trials_table_reads_what_each_trial_changed_from_its_profile(tmp_path):
         use_ema=False,
     )
     _trial(tmp_path / "cnn-30", "baseline_cnn", 0.6943, baseline_epochs=30, baseline_batch_size=128)
+    _trial(tmp_path / "head-15", "head", 0.7486, head_epochs=15, finetune_epochs=4)
     markdown = reports.trials_markdown(tmp_path)
     lines = markdown.splitlines()
-    assert lines[0].startswith("| trial") and len(lines) == 4
-    cnn, lite0 = lines[2], lines[3]  # sorted by folder name
+    assert lines[0].startswith("| trial") and len(lines) == 5
+    cnn, head, lite0 = lines[2], lines[3], lines[4]  # sorted by folder name
+    # The head row shows the head stage's own settings, not fine-tuning's.
+    assert "| head (cached features) " in head and "| 15 " in head and "| 0.001 " in head
+    assert head.count("| no ") == 2  # no EMA, not augmented
     assert "cnn-30" in cnn and "| all layers " in cnn and "| 30 " in cnn and "69.43%" in cnn
     assert "| 128 " in cnn and "| 64 " in lite0  # the baseline's batch, the fine-tuning's
     assert "efficientnet_lite0 fine-tuned" in lite0 and "| all " in lite0 and "| 8 " in lite0
@@ -321,3 +325,23 @@ def test_tables_command_regenerates_from_the_results_files(tmp_path, monkeypatch
     assert main(["tables"]) == 0
     assert "regenerated quick (1 models)" in capsys.readouterr().out
     assert "69.43%" in (results / "quick" / "results.md").read_text()
+
+
+def test_quickstart_time_gives_the_machines_reading_and_the_time_at_the_reference(tmp_path):
+    folder = tmp_path / "quick"
+    seconds = {name: 120.0 for name in config.NOTEBOOKS}  # 10 min in all
+    machine = {
+        "images_per_second": 62.4,
+        "reference_images_per_second": 124.8,
+        "command": "python benchmarks/throughput.py --steps 8",
+        "file": "r.json",
+    }
+    fileio.write_json(
+        folder / "notebooks" / "timings.json", {"seconds": seconds, "machine": machine}
+    )
+    fileio.write_json(folder / "finetune" / "metrics.json", {"device": "cpu", "git_commit": "abc"})
+    text = reports.quickstart_time_markdown(tmp_path)
+    assert "the five notebooks took 10.0 min" in text and "read 62.4 images/s" in text
+    assert "would take about 5.0 min" in text  # half the reference speed: half the time there
+    fileio.write_json(folder / "notebooks" / "timings.json", {"seconds": seconds})
+    assert "did not read its machine's speed" in reports.quickstart_time_markdown(tmp_path)

@@ -172,7 +172,7 @@ def test_finetune_starts_from_the_head_run_and_keeps_bn_frozen(tmp_path):
 
 
 def test_chance_accuracy_is_a_warning_and_a_blown_up_loss_an_error(tmp_path, capsys):
-    run = training.setup(
+    run = training.set_up(
         "two_layer_fc", config.profile("smoke", **SMALL), splits=synthetic_splits(),
         out_dir=tmp_path / "two_layer_fc",
     )  # fmt: skip

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_WORDS = re.compile(
     r"\blent\b|\bsession\b|\bsessions\b|\bcarried\b|\$OUT\b|\bborrowed\b|\.\./shared|"
-    r"\b(?:reliability|models) issue\b|\bissue \d+\b|seed write-ups?|\bseed CNN\b",
+    r"\b(?:reliability|models) issue\b|\bissue \d+\b|seed write-ups?|\bseed CNN\b|"
+    r"\bseed project\b|\bthe seeds' setup\b",
     re.IGNORECASE,
 )
 
@@ -18,6 +19,10 @@ BUILD_WORDS = re.compile(
 def _documents():
     paths = [ROOT / "README.md", ROOT / "benchmarks" / "README.md"]
     paths += sorted((ROOT / "docs").rglob("*.md")) + sorted((ROOT / "results").glob("*/README.md"))
+    # The code and the benchmarks too: their comments and messages are read as well.
+    for folder in ("src", "benchmarks"):
+        for pattern in ("*.py", "*.sh", "*.md", "*.txt"):
+            paths += sorted((ROOT / folder).rglob(pattern))
     for path in paths:
         yield path.relative_to(ROOT), path.read_text(encoding="utf-8")
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):

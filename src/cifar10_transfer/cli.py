@@ -152,7 +152,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         probabilities = model.predict(images, batch_size=256, verbose=0)
     report = evaluation.evaluate_predictions(labels, probabilities, dataset.class_names)
     if args.figures:
-        written = reports.error_figures(images, labels, probabilities, args.figures)
+        written = reports.error_figures(
+            images, labels, probabilities, args.figures, model=str(args.model)
+        )
         print(f"wrote {len(written)} figures to {args.figures}", file=sys.stderr)
     if args.json:
         print(json.dumps(report))

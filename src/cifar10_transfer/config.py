@@ -111,23 +111,39 @@ class Experiment:
 EXPERIMENTS = {
     experiment.name: experiment
     for experiment in (
-        Experiment("baseline_cnn", "Baseline CNN (from scratch)", "baseline", "baseline_cnn"),
         Experiment(
-            "two_layer_fc",
-            "Two-layer FC (from scratch)",
-            "baseline",
-            "two_layer_fc",
+            name="baseline_cnn",
+            label="Baseline CNN (from scratch)",
+            stage="baseline",
+            builder="baseline_cnn",
+        ),
+        Experiment(
+            name="two_layer_fc",
+            label="Two-layer FC (from scratch)",
+            stage="baseline",
+            builder="two_layer_fc",
             augments=False,
         ),
         Experiment(
-            "three_layer_cnn",
-            "Three-layer CNN (from scratch)",
-            "baseline",
-            "three_layer_cnn",
+            name="three_layer_cnn",
+            label="Three-layer CNN (from scratch)",
+            stage="baseline",
+            builder="three_layer_cnn",
             augments=False,
         ),
-        Experiment("head", "{backbone} head only (frozen)", "head", "build_transfer_model"),
-        Experiment("finetune", "{backbone} fine-tuned", "finetune", "", prerequisite="head"),
+        Experiment(
+            name="head",
+            label="{backbone} head only (frozen)",
+            stage="head",
+            builder="build_transfer_model",
+        ),
+        Experiment(
+            name="finetune",
+            label="{backbone} fine-tuned",
+            stage="finetune",
+            builder="",
+            prerequisite="head",
+        ),
     )
 }
 
@@ -166,7 +182,9 @@ class Profile:
     backbone: str = "efficientnet_lite2"
     weights: str | None = "imagenet"  # "imagenet", a local weights file, or None (random)
     image_size: int = 96  # px, side length the 32x32 input is resized to inside the model
-    head: str = "seed"  # "seed" (GAP-256-dropout), "slides" (dense-BN-dropout) or "linear"
+    head: str = (
+        "dense"  # "dense" (Dense-ReLU, dropout), "dense_bn" (Dense-ReLU, BN, dropout), "linear"
+    )
     head_units: int = 256  # units of the head's hidden dense layer
     dropout_rate: float = 0.5  # head dropout
     label_smoothing: float = 0.1
@@ -307,7 +325,7 @@ SETTINGS = {field.name: field for field in dataclasses.fields(Profile)}
 # The choices of the settings that name one, and the valid range of every numeric setting
 # (low, high; inclusive unless marked): ``check`` tests a profile against them before any
 # work starts. Sizes may also be None ("all").
-HEADS = ("seed", "slides", "linear")
+HEADS = ("dense", "dense_bn", "linear")
 SCHEDULES = ("plateau", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MIXINGS = ("none", "mixup", "cutmix")
@@ -347,6 +365,37 @@ LEARNING_RATES = ("head_learning_rate", "finetune_learning_rate", "baseline_lear
 UNFREEZE_FORMS = "head, all, top:N (N >= 1) or stage:NAME"
 
 
+@dataclasses.dataclass(frozen=True)
+class Unfreeze:
+    """The ``unfreeze`` setting, parsed: which backbone layers fine-tuning trains. "head"
+    (none), "all", "top:N" (the last N layers) or "stage:NAME" (from the first layer whose
+    name starts with NAME to the end, e.g. "stage:block4" or "stage:conv5")."""
+
+    kind: str  # "head", "all", "top" or "stage"
+    top: int = 0  # "top:N": N
+    stage: str = ""  # "stage:NAME": NAME
+
+    @classmethod
+    def parse(cls, text: str) -> Unfreeze:
+        kind, _, argument = str(text).partition(":")
+        if text in ("head", "all"):
+            return cls(text)
+        if kind == "top" and argument.isdigit() and int(argument) >= 1:
+            return cls(kind, top=int(argument))
+        if kind == "stage" and argument:
+            return cls(kind, stage=argument)
+        raise ValueError(f"unfreeze={text!r}: expected {UNFREEZE_FORMS}")
+
+    @property
+    def description(self) -> str:
+        return {
+            "head": "keep the backbone frozen",
+            "all": "unfreeze every layer",
+            "top": f"unfreeze the top {self.top} layers",
+            "stage": f"unfreeze from {self.stage} on",
+        }[self.kind]
+
+
 def check(profile: Profile) -> Profile:
     """``profile`` if every setting is in its range; else a ValueError naming the setting,
     its value and what it may be. Whether ``stage:NAME`` and the backbone exist is
@@ -377,19 +426,17 @@ def check(profile: Profile) -> Profile:
             f"train_size={profile.train_size} + val_size={profile.val_size}: together at most "
             f"{TRAIN_IMAGES} (CIFAR-10's training images)"
         )
+    if profile.weight_decay and profile.optimizer == "adam":
+        raise ValueError(
+            f"weight_decay={profile.weight_decay:g} needs optimizer=adamw or sgd "
+            "(Adam with decoupled weight decay is AdamW)"
+        )
     if profile.warmup_epochs and profile.lr_schedule != "cosine":
         raise ValueError(
             f"warmup_epochs={profile.warmup_epochs:g} needs lr_schedule=cosine, "
             f"got {profile.lr_schedule!r}"
         )
-    unfreeze = profile.unfreeze
-    kind, _, argument = unfreeze.partition(":")
-    valid = unfreeze in ("head", "all") or (
-        (kind == "top" and argument.isdigit() and int(argument) >= 1)
-        or (kind == "stage" and argument != "")
-    )
-    if not valid:
-        raise ValueError(f"unfreeze={unfreeze!r}: expected {UNFREEZE_FORMS}")
+    Unfreeze.parse(profile.unfreeze)
     return profile
 
 

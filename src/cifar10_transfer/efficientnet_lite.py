@@ -417,7 +417,7 @@ def load_weights(
         warnings.warn(f"could not cache converted weights at {cached}: {error}", stacklevel=2)
 
 
-# Backbone names as used by models.build_backbone and the profiles.
+# Backbone names as used by models.application and the profiles.
 BACKBONES = {
     "efficientnet_lite0": EfficientNetLite0,
     "efficientnet_lite1": EfficientNetLite1,

@@ -172,12 +172,16 @@ def augmentation(seed: int | None = None, name: str = "augmentation") -> keras.S
 
     return keras.Sequential(
         [
-            layers.RandomFlip("horizontal", seed=layer_seed(0)),
+            layers.RandomFlip("horizontal", seed=layer_seed(0), name="flip"),
             RandomAffine(
                 AUGMENT_TRANSLATE, AUGMENT_ZOOM, AUGMENT_ROTATION, seed=layer_seed(1), name="affine"
             ),
-            layers.RandomBrightness(AUGMENT_BRIGHTNESS, value_range=(0, 255), seed=layer_seed(2)),
-            layers.RandomContrast(AUGMENT_CONTRAST, value_range=(0, 255), seed=layer_seed(3)),
+            layers.RandomBrightness(
+                AUGMENT_BRIGHTNESS, value_range=(0, 255), seed=layer_seed(2), name="brightness"
+            ),
+            layers.RandomContrast(
+                AUGMENT_CONTRAST, value_range=(0, 255), seed=layer_seed(3), name="contrast"
+            ),
         ],
         name=name,
     )
@@ -221,20 +225,21 @@ def _classifier(x, name: str = "predictions"):
 
 
 def baseline_cnn(dropout_rate: float = 0.25, augment: bool = False, seed: int | None = None):
-    """The seed project's CNN: Conv 32/64/128 each + max-pool, Dense 128, dropout, softmax.
+    """The design's CNN: Conv 32/64/128 each + max-pool, Dense 128, dropout, softmax (356,810
+    parameters); notebook 02 builds it in its cells, layer for layer (a test holds them equal).
 
-    The seed did not state its dropout rate; 0.25 measured 47-50% after 2 epochs on 10k
+    The design did not state its dropout rate; 0.25 measured 47-50% after 2 epochs on 10k
     real images where 0.5 reached 42-44% (batch 32-64, Adam 1e-3).
     """
     images = _image_input()
     x = _from_uint8(images, augment, seed)
     x = layers.Rescaling(1 / 255, name="scale")(x)
-    for filters in (32, 64, 128):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(128, activation="relu")(x)
-    x = layers.Dropout(dropout_rate)(x)
+    for block, filters in enumerate((32, 64, 128), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{block}")(x)
+        x = layers.MaxPooling2D(name=f"pool{block}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name="dense")(x)
+    x = layers.Dropout(dropout_rate, name="dropout")(x)
     return keras.Model(images, _classifier(x), name="baseline_cnn")
 
 
@@ -243,8 +248,8 @@ def two_layer_fc(hidden_units: int = 512, augment: bool = False, seed: int | Non
     images = _image_input()
     x = _from_uint8(images, augment, seed)
     x = layers.Rescaling(1 / 255, name="scale")(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(hidden_units, activation="relu")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(hidden_units, activation="relu", name="dense")(x)
     return keras.Model(images, _classifier(x), name="two_layer_fc")
 
 
@@ -253,10 +258,12 @@ def three_layer_cnn(filters: int = 32, augment: bool = False, seed: int | None =
     images = _image_input()
     x = _from_uint8(images, augment, seed)
     x = layers.Rescaling(1 / 255, name="scale")(x)
-    for multiplier in (1, 2):
-        x = layers.Conv2D(filters * multiplier, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
+    for block in (1, 2):
+        x = layers.Conv2D(
+            filters * block, 3, padding="same", activation="relu", name=f"conv{block}"
+        )(x)
+        x = layers.MaxPooling2D(name=f"pool{block}")(x)
+    x = layers.Flatten(name="flatten")(x)
     return keras.Model(images, _classifier(x), name="three_layer_cnn")
 
 
@@ -293,35 +300,38 @@ def _application_name(backbone: str) -> str:
     )
 
 
-def _preprocessing_mode(application: str) -> str:
+def _preprocessing_mode(backbone: str) -> str:
+    if backbone.startswith("efficientnet_lite"):
+        return "included"
+    application = _application_name(backbone)
     for prefix, mode in PREPROCESSING_BY_PREFIX.items():
         if application.startswith(prefix):
             return mode
     raise ValueError(f"no known pixel preprocessing for keras.applications.{application}")
 
 
-def _caffe_preprocessing() -> layers.Conv2D:
-    """RGB->BGR and ImageNet mean subtraction as a fixed 1x1 convolution (built-in, no Lambda)."""
-    conv = layers.Conv2D(3, 1, name="caffe_preprocess", trainable=False)
-    conv.build((None, None, None, 3))
-    kernel = np.zeros((1, 1, 3, 3), dtype="float32")
-    for output_channel in range(3):
-        kernel[0, 0, 2 - output_channel, output_channel] = 1.0  # swap R and B
-    conv.set_weights([kernel, -np.asarray(CAFFE_MEAN_BGR, dtype="float32")])
-    return conv
-
-
-def _preprocess(x, mode: str):
+def preprocessing(backbone: str) -> layers.Layer:
+    """One built-in Keras layer (named "preprocess") that turns float pixels 0..255 into what
+    ``backbone``'s ImageNet weights expect; Identity where the backbone scales them itself."""
+    mode = _preprocessing_mode(backbone)
     if mode == "caffe":
-        return _caffe_preprocessing()(x)
+        # RGB->BGR and ImageNet mean subtraction as a fixed 1x1 convolution (no Lambda).
+        conv = layers.Conv2D(3, 1, name="preprocess", trainable=False)
+        conv.build((None, None, None, 3))
+        kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+        for output_channel in range(3):
+            kernel[0, 0, 2 - output_channel, output_channel] = 1.0  # swap R and B
+        conv.set_weights([kernel, -np.asarray(CAFFE_MEAN_BGR, dtype="float32")])
+        return conv
     if mode == "tf":
-        return layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
-    if mode == "torch":
-        x = layers.Rescaling(1 / 255, name="scale")(x)
+        return layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+    if mode == "torch":  # (pixel / 255 - mean) / std, on 0..255
         return layers.Normalization(
-            mean=TORCH_MEAN_RGB, variance=[s**2 for s in TORCH_STD_RGB], name="preprocess"
-        )(x)
-    return x  # "included": the backbone scales 0..255 itself
+            mean=[255 * m for m in TORCH_MEAN_RGB],
+            variance=[(255 * s) ** 2 for s in TORCH_STD_RGB],
+            name="preprocess",
+        )
+    return layers.Identity(name="preprocess")  # "included"
 
 
 # The message keras.utils.get_file raises (as a plain Exception) when a download fails; it
@@ -329,25 +339,50 @@ def _preprocess(x, mode: str):
 DOWNLOAD_FAILURE = "URL fetch failure"
 
 
-def _build_application(application: str, weights, image_size: int):
-    constructor = getattr(keras.applications, application)
-    try:
-        return constructor(
-            include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
-        )
-    except Exception as error:
-        # Only a failed download or an unreadable weights file is a weights problem; anything
-        # else (a shape error, out of memory) is raised as it is, with its own cause.
-        if weights == "imagenet" and str(error).startswith(DOWNLOAD_FAILURE):
-            expected = RESNET_NOTOP_FILES.get(application, f"the {application} no-top .h5 file")
-            raise WeightsError(
-                f"could not download ImageNet weights for {application}: {error}. "
-                f"Put {expected} in {config.cache_dir() / 'models'} or pass weights=<path to "
-                ".h5> (CLI: --weights PATH); offline, use --backbone efficientnet_lite0"
-            ) from error
-        if weights != "imagenet" and isinstance(error, (OSError, ValueError)):
-            raise WeightsError(f"could not load weights file {weights!r}: {error}") from error
-        raise
+def application(backbone: str, stochastic_depth: float = 0.0):
+    """The constructor of ImageNet backbone ``backbone``, called as keras.applications' are
+    (``include_top``, ``weights``, ``input_shape``, ``name``): ``keras.applications.ResNet50``
+    for "resnet50", EfficientNet-Lite for "efficientnet_lite0".."2" (ImageNet weights that
+    install offline). A failed ImageNet download or an unreadable weights file becomes one
+    ``WeightsError`` that says what to do offline.
+
+    ``stochastic_depth``: EfficientNet-Lite's drop-connect rate (the last block's; earlier
+    blocks drop less), active only when the backbone runs in training mode.
+    """
+    _check_backbone(backbone, None, stochastic_depth)
+    if backbone.startswith("efficientnet_lite"):
+        constructor = efficientnet_lite.BACKBONES[backbone]
+        options = {"drop_connect_rate": stochastic_depth}
+    else:
+        constructor = getattr(keras.applications, _application_name(backbone))
+        options = {}
+
+    def build(include_top=True, weights="imagenet", input_shape=None, **kwargs):
+        _check_backbone(backbone, weights, stochastic_depth)
+        try:
+            return constructor(
+                include_top=include_top, weights=weights, input_shape=input_shape,
+                **options, **kwargs,
+            )  # fmt: skip
+        except WeightsError:
+            raise
+        except Exception as error:
+            # Only a failed download or an unreadable weights file is a weights problem;
+            # anything else (a shape error, out of memory) is raised as it is.
+            if weights == "imagenet" and str(error).startswith(DOWNLOAD_FAILURE):
+                name = constructor.__name__
+                expected = RESNET_NOTOP_FILES.get(name, f"the {name} no-top .h5 file")
+                raise WeightsError(
+                    f"could not download ImageNet weights for {name}: {error}. Put {expected} "
+                    f"in {config.cache_dir() / 'models'} or pass weights=<path to .h5> (CLI: "
+                    "--weights PATH); offline, use --backbone efficientnet_lite0"
+                ) from error
+            if weights not in ("imagenet", None) and isinstance(error, (OSError, ValueError)):
+                raise WeightsError(f"could not load weights file {weights!r}: {error}") from error
+            raise
+
+    build.__name__ = constructor.__name__
+    return build
 
 
 def check_profile(profile: config.Profile, fine_tuning: bool = True) -> None:
@@ -356,14 +391,15 @@ def check_profile(profile: config.Profile, fine_tuning: bool = True) -> None:
     ranges). A ``stage:NAME`` is looked up in the backbone's architecture, built without
     weights."""
     _check_backbone(profile.backbone, profile.weights, profile.stochastic_depth)
-    if fine_tuning and profile.unfreeze.startswith("stage:"):
-        stage = profile.unfreeze[6:]
-        backbone, _ = build_backbone(profile.backbone, None, profile.image_size)
-        if not any(layer.name.startswith(stage) for layer in backbone.layers):
+    unfreeze = config.Unfreeze.parse(profile.unfreeze)
+    if fine_tuning and unfreeze.stage:
+        shape = (profile.image_size, profile.image_size, 3)
+        backbone = application(profile.backbone)(include_top=False, weights=None, input_shape=shape)
+        if not any(layer.name.startswith(unfreeze.stage) for layer in backbone.layers):
             blocks = sorted({layer.name.split("_")[0] for layer in backbone.layers})
             raise ValueError(
                 f"unfreeze={profile.unfreeze!r}: no layer of {profile.backbone} starts with "
-                f"{stage!r}; its layer names start with {', '.join(blocks[:40])}"
+                f"{unfreeze.stage!r}; its layer names start with {', '.join(blocks[:40])}"
             )
 
 
@@ -391,37 +427,13 @@ def _check_backbone(backbone: str, weights, stochastic_depth: float) -> None:
         _application_name(backbone)
 
 
-def build_backbone(
-    backbone: str = "resnet50",
-    weights="imagenet",
-    image_size: int = 224,
-    stochastic_depth: float = 0.0,
-):
-    """Return ``(backbone_model, preprocessing_mode)``; the model expects preprocessed input.
-
-    ``stochastic_depth``: EfficientNet-Lite's drop-connect rate (the last block's; earlier
-    blocks drop less), active only when the backbone runs in training mode.
-    """
-    _check_backbone(backbone, weights, stochastic_depth)
-    if backbone.startswith("efficientnet_lite"):
-        model = efficientnet_lite.BACKBONES[backbone](
-            include_top=False,
-            weights=weights,
-            input_shape=(image_size, image_size, 3),
-            drop_connect_rate=stochastic_depth,
-        )
-        return model, "included"
-    application = _application_name(backbone)
-    return _build_application(application, weights, image_size), _preprocessing_mode(application)
-
-
 def build_head(
-    feature_dim: int, head: str = "seed", head_units: int = 256, dropout_rate: float = 0.5
+    feature_dim: int, head: str = "dense", head_units: int = 256, dropout_rate: float = 0.5
 ) -> keras.Model:
     """Classifier on pooled backbone features; also trainable alone on cached features.
 
-    - "seed": Dense(head_units, ReLU), Dropout, softmax (after global average pooling).
-    - "slides": Dense(head_units), ReLU, BatchNormalization, Dropout, softmax.
+    - "dense": Dense(head_units, ReLU), Dropout, softmax (after global average pooling).
+    - "dense_bn": Dense(head_units, ReLU), BatchNormalization, Dropout, softmax.
     - "linear": softmax on the features (the published "linear probe" setup).
     """
     if head not in config.HEADS:
@@ -430,13 +442,10 @@ def build_head(
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
     features = keras.Input(shape=(feature_dim,), name="features")
     x = features
-    if head == "seed":
+    if head != "linear":
         x = layers.Dense(head_units, activation="relu", name="head_dense")(x)
-        x = layers.Dropout(dropout_rate, name="head_dropout")(x)
-    elif head == "slides":
-        x = layers.Dense(head_units, name="head_dense")(x)
-        x = layers.ReLU(name="head_relu")(x)
-        x = layers.BatchNormalization(name="head_bn")(x)
+        if head == "dense_bn":
+            x = layers.BatchNormalization(name="head_bn")(x)
         x = layers.Dropout(dropout_rate, name="head_dropout")(x)
     return keras.Model(features, _classifier(x), name="head")
 
@@ -445,7 +454,7 @@ def transfer_model(
     backbone: str = "resnet50",
     weights="imagenet",
     image_size: int = 224,
-    head: str = "seed",
+    head: str = "dense",
     head_units: int = 256,
     dropout_rate: float = 0.5,
     augment: bool = True,
@@ -453,7 +462,8 @@ def transfer_model(
     seed: int | None = None,
     stochastic_depth: float = 0.0,
 ) -> keras.Model:
-    """uint8 32x32 -> [augment] -> resize -> backbone preprocessing -> backbone -> GAP -> head.
+    """uint8 32x32 -> [augment] -> resize -> backbone preprocessing -> backbone -> GAP -> head:
+    the model notebook 03 builds in its cells, layer for layer (a test holds them equal).
 
     The backbone starts frozen (head-only stage); see ``set_trainable`` for fine-tuning.
     With ``train_bn=False`` (default, as the Keras transfer-learning guide advises) the
@@ -464,20 +474,23 @@ def transfer_model(
     """
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 px, got {image_size}")
-    base_model, mode = build_backbone(backbone, weights, image_size, stochastic_depth)
-    base_model.name = "backbone"
+    base_model = application(backbone, stochastic_depth)(
+        include_top=False,
+        weights=weights,
+        input_shape=(image_size, image_size, 3),
+        name="backbone",
+    )
     base_model.trainable = False
 
     images = _image_input()
     x = _from_uint8(images, augment, seed)
     # Resizing happens here, batch by batch on the accelerator: the dataset stays 32x32 uint8.
-    x = layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(x)
-    x = _preprocess(x, mode)
+    x = layers.Resizing(image_size, image_size, name="resize")(x)
+    x = preprocessing(backbone)(x)
     x = base_model(x) if train_bn or stochastic_depth else base_model(x, training=False)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     head_model = build_head(x.shape[-1], head, head_units, dropout_rate)
-    outputs = head_model(x)
-    return keras.Model(images, outputs, name=f"{backbone}_transfer")
+    return keras.Model(images, head_model(x), name=f"{backbone}_transfer")
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
@@ -489,30 +502,21 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 
 
 def layers_to_train(backbone: keras.Model, unfreeze: str, train_bn: bool = False) -> set[str]:
-    """The names of the backbone layers that fine-tuning trains.
-
-    unfreeze: "head" (none), "top:N" (last N backbone layers), "stage:NAME" (from the first
-    layer named NAME* to the end, e.g. "stage:conv5" or "stage:block6"), or "all".
-    BatchNormalization layers stay frozen (in inference mode) unless ``train_bn``.
-    """
+    """The names of the backbone layers that fine-tuning trains (``config.Unfreeze``).
+    BatchNormalization layers stay frozen (in inference mode) unless ``train_bn``."""
+    parsed = config.Unfreeze.parse(unfreeze)
     backbone_layers = backbone.layers
-    if unfreeze == "head":
+    if parsed.kind == "head":
         return set()
-    if unfreeze == "all":
-        first = 0
-    elif unfreeze.startswith("top:"):
-        count = _positive_int(unfreeze[4:], unfreeze)
-        first = max(len(backbone_layers) - count, 0)
-    elif unfreeze.startswith("stage:"):
-        stage = unfreeze[6:]
-        matches = [i for i, layer in enumerate(backbone_layers) if layer.name.startswith(stage)]
+    first = 0  # "all"
+    if parsed.kind == "top":
+        first = max(len(backbone_layers) - parsed.top, 0)
+    elif parsed.kind == "stage":
+        names = [layer.name for layer in backbone_layers]
+        matches = [i for i, name in enumerate(names) if name.startswith(parsed.stage)]
         if not matches:
-            raise ValueError(f"unfreeze stage {stage!r} matches no layer of the backbone")
+            raise ValueError(f"unfreeze stage {parsed.stage!r} matches no layer of the backbone")
         first = matches[0]
-    else:
-        raise ValueError(
-            f"unfreeze must be 'head', 'top:N', 'stage:NAME' or 'all', got {unfreeze!r}"
-        )
     return {
         layer.name
         for layer in backbone_layers[first:]
@@ -560,12 +564,6 @@ def trainable_table(model: keras.Model) -> pd.DataFrame:
         [table["trainable"] == table["parameters"], table["trainable"] > 0], ["all", "part"], "no"
     )
     return table
-
-
-def _positive_int(text: str, unfreeze: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"unfreeze {unfreeze!r}: N must be a positive integer")
-    return int(text)
 
 
 def build_transfer_model(profile: config.Profile) -> keras.Model:

@@ -382,13 +382,21 @@ def training_curves(
 # ---------------------------------------------------------------- errors and calibration
 
 
-@_styled
-def confusion_matrix_heatmap(cm, class_names=config.CLASS_NAMES, normalize: bool = True, path=None):
-    """Heat map of a (classes, classes) count matrix, rows are true classes; ``normalize``
-    shows each row as percentages of the true class.
+# Every normalised confusion matrix shares this colour scale (a share of the true class), so
+# the same shade means the same share in every model's figure; larger shares show darkest.
+CONFUSION_SCALE_MAX = 0.3
 
-    Only the mistakes are coloured; the diagonal is grey with bold numbers. On one shared
-    scale the ~90% diagonal would leave every confusion looking white.
+
+@_styled
+def confusion_matrix_heatmap(
+    cm, class_names=config.CLASS_NAMES, model: str = "", normalize: bool = True, path=None
+):
+    """Heat map of a (classes, classes) count matrix, rows are true classes, titled with
+    ``model``'s name; ``normalize`` shows each row as percentages of the true class, on the
+    colour scale every model's matrix shares (0 to ``CONFUSION_SCALE_MAX``).
+
+    Only the mistakes are coloured; the diagonal is grey with bold numbers: on the same scale
+    as the mistakes, the ~90% diagonal would leave every confusion looking white.
     """
     counts = np.asarray(cm, dtype=float)
     size = len(class_names)
@@ -399,14 +407,17 @@ def confusion_matrix_heatmap(cm, class_names=config.CLASS_NAMES, normalize: bool
     if normalize:
         values = normalize_rows(counts)
         annotations = np.where(values >= 0.01, np.char.mod("%.0f", values * 100), "<1")
-        colorbar = {"label": "Mistakes: share of the true class"}
+        colorbar = {"label": "Mistakes: share of the true class", "extend": "max"}
         colorbar["format"] = PercentFormatter(xmax=1, decimals=0)
+        vmax = CONFUSION_SCALE_MAX
     else:
         values = counts
         annotations = np.char.mod("%d", values)
         colorbar = {"label": "Mistakes: images"}
     annotations = np.where(values > 0, annotations, "")  # empty cells stay blank
     diagonal = np.eye(size, dtype=bool)
+    if not normalize:
+        vmax = max(values[~diagonal].max(), 1e-9)
     figure, axis = plt.subplots(figsize=(9.5, 8), layout="constrained")
     sns.heatmap(
         values,
@@ -415,7 +426,7 @@ def confusion_matrix_heatmap(cm, class_names=config.CLASS_NAMES, normalize: bool
         fmt="",
         cmap="Blues",
         vmin=0,
-        vmax=max(values[~diagonal].max(), 1e-9),
+        vmax=vmax,
         square=True,
         linewidths=0.5,
         linecolor="white",
@@ -442,7 +453,7 @@ def confusion_matrix_heatmap(cm, class_names=config.CLASS_NAMES, normalize: bool
     plt.setp(axis.get_xticklabels(), ha="right", rotation_mode="anchor")
     axis.tick_params(axis="y", labelrotation=0)
     kind = "% of each true class" if normalize else "image counts"
-    axis.set_title(f"Confusion matrix ({kind})")
+    axis.set_title(f"{model + ': ' if model else ''}confusion matrix ({kind})")
     return _save(figure, path, "confusion_matrix.png")
 
 
@@ -513,6 +524,10 @@ def misclassified_grid(
     return _save(figure, path, "misclassified.png")
 
 
+OVERCONFIDENT_COLOR = "#f4a6a6"  # light red
+UNDERCONFIDENT_COLOR = "#a6d8a6"  # light green
+
+
 @_styled
 def reliability_diagram(reliability_df: pd.DataFrame, ece: float, title=None, path=None):
     """Accuracy vs confidence per bin (``evaluation.reliability_diagram_data``) against the
@@ -525,29 +540,37 @@ def reliability_diagram(reliability_df: pd.DataFrame, ece: float, title=None, pa
     figure, (axis, count_axis) = plt.subplots(
         2, 1, figsize=(7.5, 8), sharex=True, height_ratios=(3, 1), layout="constrained"
     )
-    filled = bins["count"] > 0
+    filled = bins[bins["count"] > 0]
+    lower = np.minimum(filled["accuracy"], filled["confidence"])
+    gap = filled["confidence"] - filled["accuracy"]
     axis.bar(
-        bins["bin_lower"][filled],
-        bins["accuracy"][filled],
-        width=widths[filled],
+        filled["bin_lower"],
+        lower,
+        width=widths[filled.index],
         align="edge",
         color=TRAIN_COLOR,
         edgecolor="white",
-        label="accuracy in bin",
+        label="accuracy in bin (up to its mean confidence)",
     )
-    # The gap to the bin's mean confidence: red above the bar = overconfident.
-    axis.bar(
-        bins["bin_lower"][filled],
-        (bins["confidence"] - bins["accuracy"])[filled],
-        bottom=bins["accuracy"][filled],
-        width=widths[filled],
-        align="edge",
-        color="#d62728",
-        alpha=0.3,
-        edgecolor="#d62728",
-        hatch="//",
-        label="gap to mean confidence",
-    )
+    # The gap between accuracy and the bin's mean confidence, drawn beside the bar, never over
+    # it (a translucent overlay would show in a colour the legend does not have).
+    for sign, color, label in (
+        (1, OVERCONFIDENT_COLOR, "overconfident: mean confidence above accuracy"),
+        (-1, UNDERCONFIDENT_COLOR, "underconfident: accuracy above mean confidence"),
+    ):
+        side = sign * gap > 0
+        if side.any():
+            axis.bar(
+                filled["bin_lower"][side],
+                (sign * gap)[side],
+                bottom=lower[side],
+                width=widths[filled.index][side],
+                align="edge",
+                color=color,
+                edgecolor="white",
+                hatch="//",
+                label=label,
+            )
     axis.plot([0, 1], [0, 1], color="0.3", linestyle="--", label="perfect calibration")
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)

@@ -1,7 +1,7 @@
 """Training: the from-scratch baselines, the frozen-backbone head stage and fine-tuning,
 as small functions that return Keras objects, read top to bottom as single-device code.
 
-One experiment is ``setup`` (settings checked, seed, precision, data, run folder), a model
+One experiment is ``set_up`` (settings checked, seed, precision, data, run folder), a model
 from ``models``, ``trainable`` set, ``model.compile(**compile_arguments(...))``,
 ``model.fit`` on ``train_batches`` with ``stage_callbacks``, and ``save_run`` (the run folder).
 Notebooks 02-04 write those Keras calls out in their cells; ``run_experiment`` (the CLI's
@@ -57,8 +57,8 @@ class Stage:
     schedule: str = "constant"  # "plateau", "cosine" or "constant"
     patience: int = 1  # early stopping: epochs without val_accuracy gain
     label_smoothing: float = 0.0
-    gradient_accumulation_steps: int = 1  # micro-batches per update
     # fine-tuning recipe; the head stage and the baselines keep these defaults
+    gradient_accumulation_steps: int = 1  # micro-batches per update (a GPU's memory)
     optimizer: str = "adam"  # "adam", "adamw" or "sgd"
     weight_decay: float = 0.0  # decoupled, x learning rate per update
     warmup_epochs: float = 0.0  # linear warm-up before the cosine decay
@@ -68,6 +68,7 @@ class Stage:
 
     @classmethod
     def of(cls, profile: config.Profile, name: str) -> Stage:
+        """Stage ``name``'s settings from ``profile`` (which ``config.check`` has checked)."""
         epochs, batch_size, learning_rate = {
             "baseline": (
                 profile.baseline_epochs,
@@ -84,6 +85,7 @@ class Stage:
         recipe = {}
         if name == "finetune":
             recipe = {
+                "gradient_accumulation_steps": profile.gradient_accumulation_steps,
                 "optimizer": profile.optimizer,
                 "weight_decay": profile.weight_decay,
                 "warmup_epochs": profile.warmup_epochs,
@@ -91,36 +93,16 @@ class Stage:
                 "mixing": profile.mixing,
                 "randaugment": profile.randaugment,
             }
-        stage = cls(
-            name,
-            epochs,
-            batch_size,
-            learning_rate,
-            profile.lr_schedule,
-            profile.early_stopping_patience,
-            profile.label_smoothing,
-            profile.gradient_accumulation_steps,
+        return cls(
+            name=name,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            schedule=profile.lr_schedule,
+            patience=profile.early_stopping_patience,
+            label_smoothing=profile.label_smoothing,
             **recipe,
         )
-        stage.check()
-        return stage
-
-    def check(self) -> None:
-        """ValueError for a setting outside its choices (before any work starts)."""
-        for setting, value, choices in (
-            ("lr_schedule", self.schedule, config.SCHEDULES),
-            ("optimizer", self.optimizer, config.OPTIMIZERS),
-            ("mixing", self.mixing, config.MIXINGS),
-        ):
-            if value not in choices:
-                raise ValueError(f"{setting} must be one of {', '.join(choices)}, got {value!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.warmup_epochs < 0 or (self.warmup_epochs and self.schedule != "cosine"):
-            raise ValueError(
-                f"warmup_epochs={self.warmup_epochs}: must be >= 0, and warm-up needs "
-                f"lr_schedule=cosine (got {self.schedule!r})"
-            )
 
     @property
     def micro_batch_size(self) -> int:
@@ -215,25 +197,26 @@ def learning_rate_schedule(stage: Stage, steps_per_epoch: int):
     )
 
 
+def accumulation(stage: Stage) -> int | None:
+    """The optimizer's ``gradient_accumulation_steps``: Keras takes None, not 1, for none."""
+    return stage.gradient_accumulation_steps if stage.gradient_accumulation_steps > 1 else None
+
+
 def make_optimizer(stage: Stage, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The stage's Keras optimizer; ``steps_per_epoch`` counts fit() steps (micro-batches)."""
-    stage.check()
+    """The stage's Keras optimizer; ``steps_per_epoch`` counts fit() steps (micro-batches).
+    Adam is what notebooks 02-04 write out; the GPU profiles fine-tune with SGD."""
     options = {
         "learning_rate": learning_rate_schedule(stage, steps_per_epoch),
         "weight_decay": stage.weight_decay or None,
         "use_ema": stage.use_ema,
         "ema_momentum": EMA_MOMENTUM,
-        # Keras takes None, not 1, for "no accumulation".
-        "gradient_accumulation_steps": (
-            stage.gradient_accumulation_steps if stage.gradient_accumulation_steps > 1 else None
-        ),
+        "gradient_accumulation_steps": accumulation(stage),
     }
     if stage.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(momentum=SGD_MOMENTUM, nesterov=True, **options)
     elif stage.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(**{**options, "weight_decay": stage.weight_decay})
-    else:
-        # Keras applies Adam's weight_decay decoupled too, so adam + weight_decay is AdamW.
+    else:  # weight decay needs adamw or sgd (config.check)
         optimizer = keras.optimizers.Adam(**options)
     if stage.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
@@ -434,13 +417,13 @@ def _features_key(profile: config.Profile, splits) -> str:
     return digest.hexdigest()[:16]
 
 
-def head_features(model, run: Setup) -> dict:
+def head_features(model, setup: Setup) -> dict:
     """The frozen backbone's pooled features of every split, computed once and kept on disk
     (runs/features/): the head stage then trains on them, about 10x faster than running the
     backbone every epoch. Stored as float32 whatever the dtype policy: NumPy has no
     bfloat16, so np.savez would write mixed-bfloat16 features as raw bytes that load back
     unusable."""
-    profile, splits, placement = run.profile, run.splits, run.placement
+    profile, splits, placement = setup.profile, setup.splits, setup.placement
     name = f"{profile.backbone}-{profile.image_size}px-{_features_key(profile, splits)}.npz"
     cache_file = config.RUNS_DIR / "features" / name
     features = None
@@ -454,7 +437,7 @@ def head_features(model, run: Setup) -> dict:
         images = getattr(splits, f"x_{split}")
         print(f"extracting {split} features: {len(images)} images", flush=True)
         features[split] = np.asarray(
-            placement.predict(extractor, images, run.stage.batch_size), dtype=np.float32
+            placement.predict(extractor, images, setup.stage.batch_size), dtype=np.float32
         )
     if placement.is_chief:
         with fileio.atomic_path(cache_file) as temporary:
@@ -514,7 +497,7 @@ def check_prerequisite(prerequisite_dir: Path, profile: config.Profile, splits) 
 @dataclasses.dataclass
 class Setup:
     """One experiment, set up: its settings checked, seed set, data loaded, devices chosen and
-    run folder made (``setup``). ``job`` is where its ``fit`` writes (on several machines a
+    run folder made (``set_up``). ``job`` is where its ``fit`` writes (on several machines a
     worker's own folder; ``out_dir`` is the run folder)."""
 
     spec: config.Experiment
@@ -533,7 +516,7 @@ class Setup:
         return self.out_dir.parent / (self.spec.prerequisite or "")
 
 
-def setup(
+def set_up(
     experiment: str,
     profile: config.Profile,
     data=None,
@@ -580,23 +563,34 @@ def setup(
     splits = datasets.load_splits(profile, data) if splits is None else splits
     placement.check_splits(splits)
     job = Job(placement.work_dir(out_dir), resume, tuple(callbacks))
-    run = Setup(spec, profile, stage, splits, placement, precision, out_dir, job, started, devices)
-    if spec.prerequisite and (run.prerequisite_dir / "model.keras").exists():
-        check_prerequisite(run.prerequisite_dir, profile, splits)
+    setup = Setup(
+        spec=spec,
+        profile=profile,
+        stage=stage,
+        splits=splits,
+        placement=placement,
+        precision=precision,
+        out_dir=out_dir,
+        job=job,
+        started=started,
+        devices=devices,
+    )
+    if spec.prerequisite and (setup.prerequisite_dir / "model.keras").exists():
+        check_prerequisite(setup.prerequisite_dir, profile, splits)
     runs.prepare(job.out_dir, resume)
-    return run
+    return setup
 
 
-def load_head_model(run: Setup) -> keras.Model:
+def load_head_model(setup: Setup) -> keras.Model:
     """Fine-tuning's start: the head run's model, trained first (in view) when there is none."""
-    head_dir = run.prerequisite_dir
-    if not run.placement.agree((head_dir / "model.keras").exists()):
+    head_dir = setup.prerequisite_dir
+    if not setup.placement.agree((head_dir / "model.keras").exists()):
         print(f"no head run in {head_dir}: training it first", flush=True)
         run_experiment(
-            "head", run.profile, out_dir=head_dir, devices=run.devices, splits=run.splits
+            "head", setup.profile, out_dir=head_dir, devices=setup.devices, splits=setup.splits
         )
     print(f"starting from {head_dir / 'model.keras'}", flush=True)
-    with run.placement.scope():
+    with setup.placement.scope():
         return runs.load_model(head_dir / "model.keras")
 
 
@@ -614,11 +608,11 @@ COLLAPSED_SHARE = 0.9
 COLLAPSED_LOSS = 5
 
 
-def check_converged(run: Setup, history: pd.DataFrame, metrics: dict, predicted) -> None:
+def check_converged(setup: Setup, history: pd.DataFrame, metrics: dict, predicted) -> None:
     """TrainingDiverged for a non-finite training loss (TerminateOnNaN stopped the run), one
     that blew up, or a model collapsed onto one class, confidently, at chance accuracy; a
     warning line for chance accuracy alone (a smoke run's few images, or far too few epochs)."""
-    setting = f"{run.spec.stage}_learning_rate"  # baseline_, head_ or finetune_learning_rate
+    setting = f"{setup.spec.stage}_learning_rate"  # baseline_, head_ or finetune_learning_rate
     accuracy, loss = metrics["test_accuracy"], metrics["test_loss"]
     at_chance = accuracy < 2 / config.NUM_CLASSES
     share = np.bincount(predicted, minlength=config.NUM_CLASSES).max() / len(predicted)
@@ -626,29 +620,29 @@ def check_converged(run: Setup, history: pd.DataFrame, metrics: dict, predicted)
     collapsed = at_chance and share >= COLLAPSED_SHARE and loss > COLLAPSED_LOSS * CHANCE_LOSS
     if not np.isfinite(history["loss"]).all() or final > BLOWN_UP * CHANCE_LOSS or collapsed:
         raise TrainingDiverged(
-            f"{run.spec.name} diverged (test accuracy {accuracy:.1%}, loss {loss:.3g}, "
+            f"{setup.spec.name} diverged (test accuracy {accuracy:.1%}, loss {loss:.3g}, "
             f"{share:.0%} of the test images given one class; final training loss "
-            f"{final:.3g}): {setting}={getattr(run.profile, setting)} is "
+            f"{final:.3g}): {setting}={getattr(setup.profile, setting)} is "
             "too high for it; lower it. Not recorded"
         )
     if at_chance:
         print(
-            f"warning: {run.spec.name} ends at chance accuracy ({accuracy:.1%}, loss "
+            f"warning: {setup.spec.name} ends at chance accuracy ({accuracy:.1%}, loss "
             f"{loss:.3g}): it learnt nothing; check {setting} and the epochs",
             flush=True,
         )
 
 
-def save_run(run: Setup, model: keras.Model, probabilities) -> dict:
+def save_run(setup: Setup, model: keras.Model, probabilities) -> dict:
     """Record a trained run: its history (after the head run's, for fine-tuning), test-set
     predictions (fine-tuning: also with flipped copies) and metrics.json's dict, written with
     the model to the run folder, and returned. A diverged run is an error, not a result."""
-    splits, stage, placement = run.splits, run.stage, run.placement
-    history = own = read_history(run.job.out_dir, remove=True)
-    history["stage"] = run.spec.stage
+    splits, stage, placement = setup.splits, setup.stage, setup.placement
+    history = own = read_history(setup.job.out_dir, remove=True)
+    history["stage"] = setup.spec.stage
     extra = {"batch_size": stage.batch_size}  # a baseline's is baseline_batch_size
-    if run.spec.stage == "finetune":
-        earlier = pd.read_csv(run.prerequisite_dir / "history.csv").drop(columns=["epoch"])
+    if setup.spec.stage == "finetune":
+        earlier = pd.read_csv(setup.prerequisite_dir / "history.csv").drop(columns=["epoch"])
         history = pd.concat([earlier, history], ignore_index=True)
         with placement.scope():
             tta = evaluation.predict_with_tta(
@@ -660,20 +654,20 @@ def save_run(run: Setup, model: keras.Model, probabilities) -> dict:
         extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
     history.insert(0, "epoch", range(1, len(history) + 1))
     metrics = runs.record(
-        run.spec,
-        run.profile,
+        setup.spec,
+        setup.profile,
         splits,
         probabilities,
         history,
-        wall_time_s=time.perf_counter() - run.started,
-        precision=run.precision,
+        wall_time_s=time.perf_counter() - setup.started,
+        precision=setup.precision,
         device_count=placement.device_count,
         extra=extra,
     )
-    check_converged(run, own, metrics, probabilities.argmax(axis=1))
+    check_converged(setup, own, metrics, probabilities.argmax(axis=1))
     if placement.is_chief:
-        runs.write(run.out_dir, model, history, splits.y_test, probabilities, metrics)
-    placement.finish(run.job.out_dir)
+        runs.write(setup.out_dir, model, history, splits.y_test, probabilities, metrics)
+    placement.finish(setup.job.out_dir)
     return metrics
 
 
@@ -681,25 +675,25 @@ def run_experiment(experiment: str, profile: config.Profile, data=None, **option
     """Train ``experiment`` with ``profile`` (``config.profile(...)``) end to end, write its
     run folder and return metrics.json's dict: the steps notebooks 02-04 show a cell each.
     ``options``: ``setup``'s (out_dir, resume, devices, splits, callbacks)."""
-    run = setup(experiment, profile, data, **options)
-    stage, splits, placement = run.stage, run.splits, run.placement
+    setup = set_up(experiment, profile, data, **options)
+    stage, splits, placement = setup.stage, setup.splits, setup.placement
     x, x_val, x_test = splits.x_train, splits.x_val, splits.x_test
     with placement.scope():
         if stage.name == "finetune":
-            model = load_head_model(run)
+            model = load_head_model(setup)
             models.set_trainable(model, profile.unfreeze, train_bn=profile.train_bn)
         else:
-            model = models.build(run.spec, profile)
+            model = models.build(setup.spec, profile)
         trainee = model
         if stage.name == "head":
             model.get_layer("backbone").trainable = False
-            features = head_features(model, run)
+            features = head_features(model, setup)
             x, x_val, x_test = features["train"], features["val"], features["test"]
             trainee = model.get_layer("head")  # trains on the features, then serves in model
         # Keras reads `trainable` when compiling: compile after freezing or unfreezing.
         trainee.compile(**compile_arguments(stage, steps_per_epoch(len(x), stage)))
         # Several machines: each trains on its own rows (one machine: all of them).
         x, y, x_val, y_val = placement.local(x, splits.y_train, x_val, splits.y_val)
-        fit(trainee, x, y, x_val, y_val, stage, run.job, seed=profile.seed)
+        fit(trainee, x, y, x_val, y_val, stage, setup.job, seed=profile.seed)
         probabilities = placement.predict(trainee, x_test, stage.batch_size)
-    return save_run(run, model, probabilities)
+    return save_run(setup, model, probabilities)

@@ -26,10 +26,93 @@ def stage_boundary(history: pd.DataFrame) -> int | None:
     return int((history["stage"] == "head").sum())
 
 
+def curve_notes(history: pd.DataFrame, stage) -> str:
+    """What a fine-tuning run's curves show, as Markdown bullets computed from its history
+    (head epochs, then ``stage``'s): the accuracies across the stage line and what the
+    learning rate did."""
+    finetune = history[history["stage"] == "finetune"]
+    head = history[history["stage"] == "head"]
+    notes = []
+    if len(head) and len(finetune):
+        before, after = head.iloc[-1], finetune.iloc[0]
+        notes.append(
+            f"Across the stage line validation accuracy goes from {before['val_accuracy']:.1%} "
+            f"to {after['val_accuracy']:.1%} and training accuracy from "
+            f"{before['accuracy']:.1%} to {after['accuracy']:.1%}. "
+            + (
+                "Training accuracy falls because fine-tuning trains on augmented images "
+                "(flips, shifts, zoom, rotation, brightness, contrast), which are harder than "
+                "the head stage's unaugmented cached features; validation images are not "
+                "augmented."
+                if after["accuracy"] < before["accuracy"]
+                else "Training accuracy does not fall although fine-tuning trains on "
+                "augmented images."
+            )
+        )
+    rates = finetune["learning_rate"].to_numpy() if "learning_rate" in finetune else []
+    epochs = len(finetune)
+    if stage.schedule == "plateau" and len(rates):
+        cuts = [i for i in range(1, len(rates)) if rates[i] < rates[i - 1]]
+        if cuts:
+            notes.append(
+                "ReduceLROnPlateau cut the learning rate after fine-tuning epoch"
+                f"{'s' if len(cuts) > 1 else ''} {', '.join(str(i) for i in cuts)} (from "
+                f"{rates[0]:.2g} to {rates[-1]:.2g}): validation loss had stalled."
+            )
+        else:
+            notes.append(
+                f"The learning rate stayed at {rates[0]:.2g} for all {epochs} fine-tuning "
+                "epochs: validation loss never stalled long enough, so ReduceLROnPlateau "
+                "did not fire."
+            )
+    elif stage.schedule == "cosine":
+        notes.append("The learning rate follows the warm-up and cosine decay, step by step.")
+    last = finetune.iloc[-1] if epochs else None
+    if last is not None and epochs >= 2:
+        rising = finetune["val_accuracy"].iloc[-1] > finetune["val_accuracy"].iloc[-2]
+        notes.append(
+            f"Validation accuracy ends at {last['val_accuracy']:.1%}, "
+            + ("still rising at the last epoch." if rising else "no longer rising.")
+        )
+    return "\n".join(f"- {note}" for note in notes)
+
+
+def reliability_note(bins: pd.DataFrame, ece: float, label_smoothing: float = 0.0) -> str:
+    """What a reliability diagram (``evaluation.reliability_diagram_data``) shows, computed
+    from its bins: which way the bars fall, weighted by the images in each bin."""
+    gap = bins["confidence"] - bins["accuracy"]
+    counts = bins["count"].where(bins["count"] > 0, 0)
+    total = max(int(counts.sum()), 1)
+    over, under = counts[gap > 0].sum() / total, counts[gap < 0].sum() / total
+    if under > over:
+        verdict = (
+            f"**underconfident**: in bins holding {under:.0%} of the test images the bars rise "
+            "above the diagonal, so the model is right more often than its confidence says"
+        )
+        if label_smoothing:
+            verdict += (
+                f" (label smoothing {label_smoothing:g} trains it never to put all the "
+                "probability on one class)"
+            )
+    else:
+        verdict = (
+            f"**overconfident**: in bins holding {over:.0%} of the test images the bars stay "
+            "under the diagonal, so the model is right less often than its confidence says"
+        )
+    return f"This model is {verdict}. On average its confidence is off by {ece:.1%} (ECE)."
+
+
 def error_figures(
-    images, y_true, probabilities, out_dir, class_names=config.CLASS_NAMES, prefix: str = ""
+    images,
+    y_true,
+    probabilities,
+    out_dir,
+    class_names=config.CLASS_NAMES,
+    prefix: str = "",
+    model: str = "",
 ) -> list[Path]:
-    """Confusion matrix, per-class accuracy, misclassified examples, reliability diagram."""
+    """Confusion matrix (titled with ``model``), per-class accuracy, misclassified examples,
+    reliability diagram."""
     out_dir = Path(out_dir)
     y_pred = probabilities.argmax(axis=1)
     counts = evaluation.confusion_matrix(y_true, y_pred, num_classes=len(class_names))
@@ -37,7 +120,7 @@ def error_figures(
         name: out_dir / f"{prefix}{name}.png"
         for name in ("confusion_matrix", "per_class_accuracy", "misclassified", "reliability")
     }
-    plots.confusion_matrix_heatmap(counts, class_names, path=paths["confusion_matrix"])
+    plots.confusion_matrix_heatmap(counts, class_names, model, path=paths["confusion_matrix"])
     plots.per_class_accuracy_bars(
         evaluation.per_class_accuracy(y_true, y_pred, class_names), path=paths["per_class_accuracy"]
     )
@@ -176,15 +259,24 @@ def results_markdown(table: pd.DataFrame, profile: str) -> str:
     )
     first = table.iloc[0]
     seeds = sorted({seed for text in table["seed"] for seed in str(text).split(",")}, key=int)
+    if len(seeds) == 1:
+        over = f"one seed ({seeds[0]}), so no spread; wall time is per run"
+        sources = f"`results/{profile}/*/metrics.json`"
+    else:
+        over = (
+            f"mean ± standard deviation (percentage points) over the seeds run "
+            f"({', '.join(seeds)}); wall time is the mean per run"
+        )
+        sources = (
+            f"`results/{profile}/*/metrics.json` and `results/{profile}/seeds/*/*/metrics.json`"
+        )
     return (
         # disable_numparse: the cells are already formatted text; tabulate would reformat "3".
         cells.to_markdown(index=False, colalign=["left"] + ["right"] * 8, disable_numparse=True)
         + "\n\n"
-        + f"Profile `{profile}`; mean ± standard deviation (percentage points) over the seeds "
-        f"run ({', '.join(seeds)}); wall time is the mean per run. Test set: "
-        f"{first.test_size:,} images of {data_description(first.data_source)}; device: "
-        f"{first.device}; backend: {first.backend}; code {first.git_commit}. Generated from "
-        f"`results/{profile}/*/metrics.json` and `results/{profile}/seeds/*/*/metrics.json`."
+        + f"Profile `{profile}`; {over}. Test set: {first.test_size:,} images of "
+        f"{data_description(first.data_source)}; device: {first.device}; backend: "
+        f"{first.backend}; code {first.git_commit}. Generated from {sources}."
     )
 
 
@@ -209,21 +301,27 @@ def trials_markdown(trials_dir: str | os.PathLike) -> str:
     for path in sorted(Path(trials_dir).glob("*/metrics.json")):
         metrics = fileio.read_json(path)
         settings = metrics["profile"]
-        scratch = metrics["experiment"] in ("baseline_cnn", "two_layer_fc", "three_layer_cnn")
-        epochs = settings["baseline_epochs"] if scratch else settings["finetune_epochs"]
-        rate = settings["baseline_learning_rate"] if scratch else settings["finetune_learning_rate"]
-        augmented = settings["baseline_augment"] if scratch else settings["augment"]
+        spec = config.experiment(metrics["experiment"])
+        # Each stage's own settings: the head trains on cached, unaugmented features.
+        epochs, rate, batch, trains, augmented, ema = {
+            "baseline": ("baseline_epochs", "baseline_learning_rate", "baseline_batch_size",
+                         "all layers", settings["baseline_augment"] and spec.augments, False),
+            "head": ("head_epochs", "head_learning_rate", "batch_size",
+                     "head (cached features)", False, False),
+            "finetune": ("finetune_epochs", "finetune_learning_rate", "batch_size",
+                         settings["unfreeze"], settings["augment"], settings.get("use_ema")),
+        }[spec.stage]  # fmt: skip
         rows.append(
             {
                 "trial": path.parent.name,
                 "model": runs.experiment_label(metrics),
                 "input": f"{metrics['image_size']} px",
-                "trains": "all layers" if scratch else settings["unfreeze"],
-                "epochs": str(epochs),
-                "batch": str(settings["baseline_batch_size" if scratch else "batch_size"]),
-                "learning rate": f"{rate:g}",
+                "trains": trains,
+                "epochs": str(settings[epochs]),
+                "batch": str(settings[batch]),
+                "learning rate": f"{settings[rate]:g}",
                 "schedule": settings["lr_schedule"],
-                "EMA": "yes" if settings.get("use_ema") and not scratch else "no",
+                "EMA": "yes" if ema else "no",
                 "augmented": "yes" if augmented else "no",
                 "test accuracy": evaluation.percent(metrics["test_accuracy"], 2),
                 "with flip TTA": evaluation.percent(metrics.get("tta_test_accuracy"), 2),
@@ -417,7 +515,27 @@ def quickstart_time_markdown(results_root=None) -> str:
     )
     if timings.get("extra seeds"):
         text += f", and the two extra seeds of `SEEDS=3` {timings['extra seeds'] / 60:.1f} min more"
-    return text + " (`results/quick/notebooks/timings.json`)."
+    text += " (`results/quick/notebooks/timings.json`)."
+    machine = reproduce_machine(results_root / "quick")
+    if machine:
+        ratio = machine["images_per_second"] / machine["reference_images_per_second"]
+        text += (
+            f" That machine read {machine['images_per_second']:.1f} images/s on "
+            f"`{machine['command']}`; at the reference reading of "
+            f"{machine['reference_images_per_second']:g} images/s the five notebooks would take "
+            f"about {one_seed * ratio / 60:.1f} min (scaled by the ratio of the readings)."
+        )
+    else:
+        text += " That run did not read its machine's speed."
+    return text
+
+
+def reproduce_machine(results_dir: Path) -> dict | None:
+    """The speed reading of the ``make reproduce`` behind ``results_dir``, or None."""
+    try:
+        return fileio.read_json(results_dir / "notebooks" / "timings.json").get("machine")
+    except (OSError, ValueError):
+        return None
 
 
 def refresh_tables(results_root=None, readme=None) -> list[str]:

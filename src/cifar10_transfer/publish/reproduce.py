@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -176,13 +177,9 @@ def extra_seed(profile: config.Profile, seed: int, data=None, devices=None) -> P
 def drop_other_recipes(profile: config.Profile) -> None:
     """Delete the extra seeds in results/<profile>/seeds/ that ran another recipe than
     ``profile`` (any setting but the seed differs): they must not mix into its table."""
-    wanted = {**profile.to_dict(), "seed": None}
     for folder in sorted((config.RESULTS_DIR / profile.name / reports.SEEDS_DIR).glob("*")):
-        recipes = [
-            {**fileio.read_json(path)["profile"], "seed": None}
-            for path in folder.glob("*/metrics.json")
-        ]
-        if any(recipe != wanted for recipe in recipes):
+        recipes = [fileio.read_json(path)["profile"] for path in folder.glob("*/metrics.json")]
+        if any(recipe_differences(recipe, profile) for recipe in recipes):
             print(f"dropping {folder} (another recipe than this one)", flush=True)
             shutil.rmtree(folder)
 
@@ -214,48 +211,115 @@ def find_results(profile: config.Profile, data=None, devices=None) -> tuple[Path
     return results, f"runs trained just now by this notebook, in {results}"
 
 
-def expected_time(profile_name: str, notebook: str) -> str:
-    """What ``notebook`` took in the committed ``make reproduce`` of ``profile_name``
-    (results/<profile>/notebooks/timings.json), as a sentence."""
+# Settings that do not change what a run computes, left out when recipes are compared.
+NOT_RECIPE = ("seed", "allow_cpu", "needs_accelerator")
+
+
+def recipe_differences(recorded: dict, profile: config.Profile) -> list[str]:
+    """The settings in which a run's recorded profile (metrics.json's "profile") differs from
+    ``profile``, as "name=there→here" strings; the seed aside."""
+    wanted = profile.to_dict()
+    return [
+        f"{name}={recorded.get(name)!r}→{value!r}"
+        for name, value in wanted.items()
+        if name not in NOT_RECIPE and recorded.get(name) != value
+    ]
+
+
+def _recipe_note(recorded: dict, profile: config.Profile) -> str:
+    differences = recipe_differences(recorded, profile)
+    if not differences:
+        return "the same recipe as this run"
+    return f"another recipe than this run's ({', '.join(differences)})"
+
+
+def expected_time(profile: config.Profile, notebook: str) -> str:
+    """What ``notebook`` took in the committed ``make reproduce`` of ``profile``'s name
+    (results/<profile>/notebooks/timings.json), and whether that ran this recipe, as a
+    sentence."""
+    name = profile.name
     try:
-        timings, finetune = reports.reproduce_timings(config.COMMITTED_RESULTS / profile_name)
+        timings, finetune = reports.reproduce_timings(config.COMMITTED_RESULTS / name)
         seconds, device = timings[notebook], finetune["device"]
+        recipe = _recipe_note(finetune.get("profile", {}), profile)
     except (OSError, ValueError, KeyError, TypeError):
-        estimate = reports.gpu_estimate(config.COMMITTED_RESULTS, profile_name)
+        estimate = reports.gpu_estimate(config.COMMITTED_RESULTS, name)
         if estimate and notebook in estimate:
             return (
-                f"{notebook} has no measured time for profile {profile_name!r} yet; at "
+                f"{notebook} has no measured time for profile {name!r} yet; at "
                 f"least {estimate[notebook] / 60:.1f} min on a T4 is the estimate from its "
                 "counted FLOPs, before start-up and compilation (benchmarks/gpu_estimate.py)"
             )
         return (
-            f"{notebook} has no measured time for profile {profile_name!r} yet "
-            f"(make reproduce PROFILE={profile_name} measures it)"
+            f"{notebook} has no measured time for profile {name!r} yet "
+            f"(make reproduce PROFILE={name} measures it)"
         )
     return (
         f"{notebook} took {seconds / 60:.1f} min in the committed make reproduce of "
-        f"{profile_name!r} on {device}"
+        f"{name!r} on {device}, {recipe}"
     )
 
 
-def expected_result(profile_name: str, experiment: str) -> str:
-    """What ``experiment`` reached in the committed ``make reproduce`` of ``profile_name``
-    (results/<profile>/*/metrics.json and seeds/), as a sentence for a notebook to print."""
-    folder = config.COMMITTED_RESULTS / profile_name
+def expected_result(profile: config.Profile, experiment: str) -> str:
+    """What ``experiment`` reached in the committed ``make reproduce`` of ``profile``'s name
+    (results/<profile>/*/metrics.json and seeds/), and whether that ran this recipe, as a
+    sentence for a notebook to print."""
+    folder = config.COMMITTED_RESULTS / profile.name
     try:
         table = reports.summary_table(folder)
         row = table.set_index("experiment").loc[experiment]
+        recorded = fileio.read_json(folder / experiment / "metrics.json").get("profile", {})
     except (OSError, ValueError, KeyError):
         return (
-            f"no committed result of {experiment} for profile {profile_name!r} yet "
-            f"(make reproduce PROFILE={profile_name} makes one)"
+            f"no committed result of {experiment} for profile {profile.name!r} yet "
+            f"(make reproduce PROFILE={profile.name} makes one)"
         )
     spread = "" if row["seeds"] < 2 else f" ± {100 * row['test_accuracy_std']:.2f}"
-    return (
-        f"expect about {100 * row['test_accuracy']:.2f}%{spread} test accuracy: {row['model']} "
-        f"in the committed make reproduce of {profile_name!r} (mean over {row['seeds']} "
-        f"seed(s), {row['device']}, {row['backend']}, commit {row['git_commit']})"
+    where = (
+        f"{row['model']} in the committed make reproduce of {profile.name!r} (mean over "
+        f"{row['seeds']} seed(s), {row['device']}, {row['backend']}, commit {row['git_commit']})"
     )
+    if recipe_differences(recorded, profile):
+        return (
+            f"the committed result comes from {_recipe_note(recorded, profile)}, so it is no "
+            f"promise for this one: {100 * row['test_accuracy']:.2f}%{spread} test accuracy, "
+            f"{where}"
+        )
+    return f"expect about {100 * row['test_accuracy']:.2f}%{spread} test accuracy: {where}"
+
+
+# The machine's speed, read before the notebooks (about 30 s): training images/s of
+# benchmarks/throughput.py with these arguments. Machines differ by up to 2x from day to day;
+# a time goal holds at REFERENCE_READING, and a run elsewhere is scaled by the readings' ratio.
+READING_ARGUMENTS = (
+    "--backbone", "efficientnet_lite2", "--weights", "none", "--image-size", "96",
+    "--batch-size", "64", "--precision", "float32", "--steps", "8", "--warmup", "3",
+)  # fmt: skip
+REFERENCE_READING = 124.8  # images/s, on 2026-12-02: the machine the time goals were set on
+READING_FILE = "machine_reading.json"
+
+
+def machine_reading(notebooks_dir: Path) -> dict | None:
+    """Run the reading command and keep its result in ``notebooks_dir``; what timings.json
+    records of it, or None (with a line saying why) where the checkout has no benchmarks/."""
+    script = config.CHECKOUT / "benchmarks" / "throughput.py"
+    if not script.exists():
+        print(f"no {script}: this run's speed is not read", flush=True)
+        return None
+    out = notebooks_dir / READING_FILE
+    command = [sys.executable, str(script), *READING_ARGUMENTS, "--out", str(out)]
+    print("reading this machine's speed (benchmarks/throughput.py, about 30 s)", flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        raise RuntimeError(f"benchmarks/throughput.py failed: {done.stderr.strip()[-500:]}")
+    reading = fileio.read_json(out)["images_per_second"]
+    print(f"this machine: {reading:.1f} images/s (reference {REFERENCE_READING})", flush=True)
+    return {
+        "images_per_second": round(reading, 1),
+        "reference_images_per_second": REFERENCE_READING,
+        "command": "python benchmarks/throughput.py " + " ".join(READING_ARGUMENTS),
+        "file": READING_FILE,
+    }
 
 
 def reproduce(
@@ -292,6 +356,8 @@ def reproduce(
     notebooks_dir = results_dir / "notebooks"
     for variable, value in KERNEL_ENVIRONMENT.items():
         os.environ.setdefault(variable, value)  # the kernels inherit it
+    notebooks_dir.mkdir(parents=True, exist_ok=True)
+    reading = machine_reading(notebooks_dir)  # before the notebooks, not counted in their time
     started = time.perf_counter()
     paths = [config.NOTEBOOKS_DIR / name for name in config.NOTEBOOKS]
     timings = run_notebooks(parameters, notebooks_dir, paths[:-1])
@@ -308,7 +374,9 @@ def reproduce(
         timings["extra seeds"] = round(time.perf_counter() - seeds_started, 1)
     run_notebooks(parameters, notebooks_dir, paths[-1:], timings)
     timings["total"] = round(time.perf_counter() - started, 1)
-    fileio.write_json(notebooks_dir / "timings.json", {"seconds": timings, "seeds": seeds})
+    fileio.write_json(
+        notebooks_dir / "timings.json", {"seconds": timings, "seeds": seeds, "machine": reading}
+    )
     # The README's tables (this profile's results, the profiles' measured times) follow.
     for table in reports.refresh_tables():
         print(f"regenerated {table}")

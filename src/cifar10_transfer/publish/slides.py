@@ -167,16 +167,6 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _unfreeze(unfreeze: str) -> str:
-    kind, _, name = unfreeze.partition(":")
-    descriptions = {
-        "top": f"unfreeze the top {name} layers",
-        "stage": f"unfreeze from {name} on",
-        "all": "unfreeze every layer",
-    }
-    return descriptions.get(kind, f"unfreeze {unfreeze}")
-
-
 def _lines(
     figure: Figure, text: str, left: float, top: float, width: float, size: float, **kwargs
 ) -> float:
@@ -334,7 +324,7 @@ def method_slide(figure: Figure, deck: Deck) -> None:
         (
             "3 · Fine-tuning",
             [
-                _unfreeze(settings["unfreeze"]),
+                config.Unfreeze.parse(settings["unfreeze"]).description,
                 "augmentation: flip, shift, zoom, rotation, colour"
                 if settings["augment"]
                 else "no augmentation",
