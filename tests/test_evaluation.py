@@ -207,3 +207,71 @@ def test_percent_formats_fractions_and_marks_missing_values():
     assert evaluation.percent(0.79734) == "79.7%"
     assert evaluation.percent(0.79734, digits=2) == "79.73%"
     assert evaluation.percent(None) == evaluation.percent(float("nan")) == "–"
+
+
+# ---------------------------------------------------------------- common corruptions
+
+
+def _test_images(count=20, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("corruption", list(evaluation.CORRUPTIONS))
+def test_each_corruption_changes_the_images_the_same_way_every_time(corruption):
+    images = _test_images()
+    first = evaluation.corrupt(images, corruption, seed=3)
+    assert first.dtype == np.uint8 and first.shape == images.shape
+    assert not np.array_equal(first, images)
+    np.testing.assert_array_equal(first, evaluation.corrupt(images, corruption, seed=3))
+    harshest = evaluation.corrupt(images, corruption, severity=5, seed=3).astype(float)
+    # The harshest severity moves the pixels further from the originals than severity 1.
+    mildest = evaluation.corrupt(images, corruption, severity=1, seed=3).astype(float)
+    assert np.abs(harshest - images).mean() > np.abs(mildest - images).mean()
+
+
+def test_corruptions_do_what_their_names_say():
+    images = _test_images()
+    pixels = images.astype(float)
+    contrast = evaluation.corrupt(images, "low_contrast").astype(float)
+    spread = contrast.std(axis=(1, 2, 3)) / pixels.std(axis=(1, 2, 3))
+    np.testing.assert_allclose(spread, evaluation.CORRUPTIONS["low_contrast"][2], atol=0.01)
+    brighter = evaluation.corrupt(images, "brightness").astype(float)
+    assert (brighter.max(axis=-1) >= pixels.max(axis=-1)).all()
+    assert brighter.mean() > pixels.mean() + 20
+    noisy = evaluation.corrupt(images, "gaussian_noise").astype(float) - pixels
+    assert 10 < noisy.std() < 255 * evaluation.CORRUPTIONS["gaussian_noise"][2]  # clipped
+    blurred = evaluation.corrupt(images, "gaussian_blur").astype(float)
+    assert np.abs(np.diff(blurred, axis=2)).mean() < 0.7 * np.abs(np.diff(pixels, axis=2)).mean()
+    blocky = evaluation.corrupt(images, "pixelate")
+    assert len(np.unique(blocky[0, :, :, 0])) < len(np.unique(images[0, :, :, 0]))
+    with pytest.raises(ValueError, match="corruption must be one of gaussian_noise"):
+        evaluation.corrupt(images, "fog")
+    with pytest.raises(ValueError, match="images must be uint8"):
+        evaluation.corrupt(pixels, "jpeg")
+    with pytest.raises(ValueError, match="severity must be 1 to 5"):
+        evaluation.corrupt(images, "jpeg", severity=6)
+
+
+class _ByBrightness:
+    """A stand-in model: class k for images whose mean is nearest 25 k (k = 0..9)."""
+
+    def predict(self, images, batch_size=None, verbose=0):
+        means = images.reshape(len(images), -1).mean(axis=1)
+        classes = np.clip(np.round(means / 25), 0, 9).astype(int)
+        return np.eye(10, dtype=np.float32)[classes]
+
+
+def test_corruption_accuracies_relate_each_to_the_clean_accuracy():
+    labels = np.arange(40) % 10
+    images = np.broadcast_to((labels * 25).astype(np.uint8)[:, None, None, None], (40, 32, 32, 3))
+    measured = evaluation.corruption_accuracies(_ByBrightness(), np.array(images), labels)
+    assert measured["clean"] == 1.0 and measured["test_images"] == 40
+    assert list(measured["severities"]) == ["3", "5"]
+    for severity in measured["severities"].values():
+        assert set(severity["corruptions"]) == set(evaluation.CORRUPTIONS)
+        brightness = severity["corruptions"]["brightness"]
+        assert brightness["accuracy"] < 1.0 and brightness["ratio"] == brightness["accuracy"]
+        ratios = [value["ratio"] for value in severity["corruptions"].values()]
+        assert severity["mean_ratio"] == pytest.approx(np.mean(ratios))
+    harsher = measured["severities"]["5"]["corruptions"]["brightness"]["accuracy"]
+    assert harsher <= measured["severities"]["3"]["corruptions"]["brightness"]["accuracy"]

@@ -81,4 +81,6 @@ def test_an_unmeasured_gpu_profile_shows_its_estimate_marked_as_one(tmp_path, mo
     assert "not measured yet (a GPU)" in table  # full and fast have no estimate here
     line = reproduce.expected_time(config.profile("paper"), "04_finetune.ipynb")
     assert "no measured time" in line and "least 2.0 min on a T4 is the estimate" in line
-    assert "(make reproduce PROFILE=full" in reproduce.expected_time(config.profile("full"), "04_finetune.ipynb")
+    assert "(make reproduce PROFILE=full" in reproduce.expected_time(
+        config.profile("full"), "04_finetune.ipynb"
+    )

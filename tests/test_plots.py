@@ -63,6 +63,16 @@ FIGURES = {
     "comparison": lambda path: plots.comparison_bars(
         {"baseline CNN": 0.12, "Lite0 head": 0.85, "Lite0 fine-tuned": 0.9}, path=path
     ),
+    "corruptions": lambda path: plots.corruption_bars(
+        {
+            severity: pd.DataFrame(
+                {"baseline CNN": [0.7, 0.5, 0.6], "fine-tuned": [0.9, 0.6, 0.85]},
+                index=["clean", "gaussian_noise", "pixelate"],
+            )
+            for severity in ("3", "5")
+        },
+        path=path,
+    ),
 }
 
 

@@ -345,3 +345,38 @@ def test_quickstart_time_gives_the_machines_reading_and_the_time_at_the_referenc
     assert "would take about 5.0 min" in text  # half the reference speed: half the time there
     fileio.write_json(folder / "notebooks" / "timings.json", {"seconds": seconds})
     assert "did not read its machine's speed" in reports.quickstart_time_markdown(tmp_path)
+
+
+def _corruption_entry(label, clean, accuracies):
+    corruptions = {
+        name: {"accuracy": value, "ratio": value / clean}
+        for name, value in zip(evaluation.CORRUPTIONS, accuracies, strict=True)
+    }
+    mean = sum(value["ratio"] for value in corruptions.values()) / len(corruptions)
+    harsher = {name: {"accuracy": value["accuracy"] / 2, "ratio": value["ratio"] / 2}
+               for name, value in corruptions.items()}  # fmt: skip
+    return {"label": label, "clean": clean, "seed": 0, "test_images": 2000, "severities": {
+        "3": {"corruptions": corruptions, "mean_ratio": mean},
+        "5": {"corruptions": harsher, "mean_ratio": mean / 2}}}  # fmt: skip
+
+
+def test_corruption_table_note_and_readme_rows_come_from_the_results_file(tmp_path):
+    results = {
+        "models": {
+            "baseline_cnn": _corruption_entry("Baseline CNN", 0.6, [0.3, 0.5, 0.5, 0.5, 0.5, 0.4]),
+            "finetune": _corruption_entry("Lite2 fine-tuned", 0.9, [0.6, 0.8, 0.8, 0.8, 0.7, 0.45]),
+        },
+        "git_commit": "abc1234",
+    }
+    fileio.write_json(tmp_path / reports.CORRUPTIONS_FILE, results)
+    table = reports.corruption_table(results, "5")
+    assert list(table.columns) == ["Baseline CNN", "Lite2 fine-tuned"]
+    assert list(table.index) == ["clean", *evaluation.CORRUPTIONS]
+    assert table.loc["pixelate", "Lite2 fine-tuned"] == pytest.approx(0.225)
+    note = reports.corruption_note(results)
+    assert note.startswith("Lite2 fine-tuned is right on 90.0%") and "22.5% of pixelate" in note
+    assert "0.77× at severity 3, 0.38× at severity 5" in note and "a pixelated one far" in note
+    markdown = reports.corruptions_markdown(tmp_path)
+    assert "| Lite2 fine-tuned | 3 " in markdown and "45.0% (0.50×)" in markdown
+    assert "| Lite2 fine-tuned | 5 " in markdown and "22.5% (0.25×)" in markdown
+    assert "severities 3 and 5 of 5, on 2,000 test images" in markdown and "abc1234" in markdown

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from cifar10_transfer import __version__, config
+from cifar10_transfer import __version__, config, fileio
 
 
 def _add_data_option(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +151,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         probabilities = model.predict(images, batch_size=256, verbose=0)
     report = evaluation.evaluate_predictions(labels, probabilities, dataset.class_names)
+    if args.corruptions:
+        report["corruptions"] = evaluation.corruption_accuracies(model, images, labels)
     if args.figures:
         written = reports.error_figures(
             images, labels, probabilities, args.figures, model=str(args.model)
@@ -168,6 +170,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         .round(3)
         .to_string()
     )
+    if args.corruptions:
+        measured = report["corruptions"]
+        print(
+            "\ncommon corruptions (CIFAR-10-C's, at severities "
+            f"{' and '.join(measured['severities'])} of 5): accuracy, and the share of the clean "
+            f"accuracy kept\n  {'clean':<16}{measured['clean']:.4f}"
+        )
+        for severity, results in measured["severities"].items():
+            print(f"  severity {severity}:")
+            for name, value in results["corruptions"].items():
+                print(f"  {name:<16}{value['accuracy']:.4f}  {value['ratio']:.3f}x")
+            print(f"  {'mean kept':<16}        {results['mean_ratio']:.3f}x")
     return 0
 
 
@@ -216,7 +230,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             seeds=args.seeds,
         )
     except reproduce.NotebookError as error:  # the failing cell's error, not a wall of JSON
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {fileio.one_line(error, limit=600)}", file=sys.stderr)
         return 2
     return 0
 
@@ -274,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the batch size is global and must be a multiple of N; with KERAS_DISTRIBUTION_* "
         "set (several machines, see README) 'all'",
     )
-    train.set_defaults(handler=cmd_train)
+    train.set_defaults(handler=cmd_train, backend=True)
 
     evaluate = commands.add_parser("evaluate", help="test-set metrics of a saved model.keras")
     evaluate.add_argument("model", help="path to model.keras (or a run folder holding one)")
@@ -283,7 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--figures", metavar="DIR", help="write error-analysis figures here")
     evaluate.add_argument("--tta", action="store_true", help="average with horizontal flips")
     evaluate.add_argument("--test-size", type=int, help="stratified test subset (default: all)")
-    evaluate.set_defaults(handler=cmd_evaluate)
+    evaluate.add_argument(
+        "--corruptions",
+        action="store_true",
+        help="also the accuracy under CIFAR-10-C's common corruptions (noise, blur, low "
+        "contrast, brightness, JPEG, pixelation) at severities 3 and 5, and the share of the "
+        "clean accuracy each keeps",
+    )
+    evaluate.set_defaults(handler=cmd_evaluate, backend=True)
 
     rerun = commands.add_parser(
         "reproduce", help="run notebooks 01-05 with papermill and publish the results table"
@@ -327,13 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--force", action="store_true", help="replace --out if it holds an earlier export"
     )
-    export.set_defaults(handler=cmd_export)
+    export.set_defaults(handler=cmd_export, backend=True)
 
     demo = commands.add_parser("demo", help="export a run to --out and serve it locally")
     demo.add_argument("run_dir", help="run folder with model.keras and metrics.json")
     demo.add_argument("--out", metavar="DIR", default="deploy", help="default: deploy/")
     demo.add_argument("--data", metavar="SRC", help="CIFAR-10 source for example images")
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, backend=True)
 
     deck = commands.add_parser(
         "presentation", help="build the PDF slide deck from results/PROFILE and images/PROFILE"
@@ -346,17 +367,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def start_backend_quietly() -> None:
+    """Import Keras and run one operation with file descriptor 2 pointed at a log: the
+    backend's C++ start-up lines, which TF_CPP_MIN_LOG_LEVEL no longer silences, would
+    otherwise stand before every error line and progress bar."""
+    with fileio.stderr_to(config.cache_dir() / "backend-start.log"):
+        import keras
+
+        keras.ops.convert_to_numpy(keras.ops.zeros(()))
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter would bury the one-line errors; real errors still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "backend", False):
+            start_backend_quietly()
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
     except (ValueError, OSError) as error:
         # DataError and WeightsError subclass ValueError: expected, user-facing failures.
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {fileio.one_line(error, limit=600)}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cifar10_transfer import config, fileio, imaging
-from cifar10_transfer.fileio import atomic_path
+from cifar10_transfer.fileio import atomic_path, one_line
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_NAME = "cifar-10-python.tar.gz"
@@ -222,10 +222,6 @@ def _check_size(name: str, size, available: int) -> None:
         )
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def _download_official() -> Path:
     """The official tarball in Keras's cache, downloaded (sha256-checked) if not there yet."""
     import keras  # only here: importing Keras starts a backend, which loading never needs
@@ -243,7 +239,7 @@ def _download_official() -> Path:
             )
     except Exception as error:  # Keras raises a bare Exception when the URL cannot be fetched
         raise DataError(
-            f"could not download CIFAR-10 from {OFFICIAL_URL} to {target} ({_one_line(error)}); "
+            f"could not download CIFAR-10 from {OFFICIAL_URL} to {target} ({one_line(error)}); "
             "pass a local copy with --data PATH or set the CIFAR10_DATA environment variable"
         ) from error
     return Path(downloaded)
@@ -323,7 +319,7 @@ def _read_files(path: Path) -> dict[str, bytes]:
         return files
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise DataError(
-            f"{path}: not a readable tar archive, truncated or corrupted ({_one_line(error)}); "
+            f"{path}: not a readable tar archive, truncated or corrupted ({one_line(error)}); "
             f"{EXPECTED_SOURCES}"
         ) from error
 
@@ -392,7 +388,7 @@ def _load_batch(content: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         OverflowError,  # e.g. a dtype whose field offsets overflow
         MemoryError,
     ) as error:
-        raise DataError(f"{where}: not an official CIFAR-10 batch ({_one_line(error)})") from error
+        raise DataError(f"{where}: not an official CIFAR-10 batch ({one_line(error)})") from error
     images = batch.get(b"data") if isinstance(batch, dict) else None
     labels = np.asarray(batch.get(b"labels") if isinstance(batch, dict) else None)
     if (
@@ -482,14 +478,14 @@ def _decode_image(content: bytes, where: str) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(content), formats=imaging.DATA_FORMATS)
     except broken as error:
-        raise DataError(f"{where} is not a PNG or JPEG image ({_one_line(error)})") from error
+        raise DataError(f"{where} is not a PNG or JPEG image ({one_line(error)})") from error
     with image:
         if image.size != (32, 32):
             raise DataError(f"{where} is {image.size[0]}x{image.size[1]} pixels; expected 32x32")
         try:
             return np.asarray(imaging.to_rgb(image))
         except broken as error:
-            raise DataError(f"{where}: broken image data ({_one_line(error)})") from error
+            raise DataError(f"{where}: broken image data ({one_line(error)})") from error
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], where: Path) -> None:
@@ -519,7 +515,7 @@ def _load_cache(cache: Path) -> dict[str, np.ndarray]:
             return {key: stored[key] for key in ARRAY_KEYS}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise DataError(
-            f"cached arrays {cache} are unreadable ({_one_line(error)}); delete the file to "
+            f"cached arrays {cache} are unreadable ({one_line(error)}); delete the file to "
             "decode the source again"
         ) from error
 

@@ -1,10 +1,13 @@
 """Metrics on plain numpy arrays: labels (N,) int and probabilities (N, classes) float.
 
-Everything here is backend-free except ``predict_with_tta``, which only calls
-``model.predict``; the rest can be checked against values computed by hand.
+Everything here is backend-free except ``predict_with_tta`` and ``corruption_accuracies``,
+which only call ``model.predict``; the rest can be checked against values computed by hand.
+``corrupt`` makes CIFAR-10-C-style corruptions of the test images, seeded.
 """
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pandas as pd
@@ -246,3 +249,86 @@ def evaluate_predictions(y_true, probabilities, class_names=CLASS_NAMES) -> dict
         "confusion_matrix": counts.tolist(),
         "ece": expected_calibration_error(y_true, probabilities),
     }
+
+
+# ---------------------------------------------------------------- common corruptions
+
+# CIFAR-10-C's corruptions (Hendrycks & Dietterich 2019), made in code with that paper's
+# parameters for each of its five severities; every model is measured at the same ones.
+CORRUPTIONS = {
+    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # noise std, on pixels scaled to 0..1
+    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # blur std, px
+    "low_contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # contrast kept: (x - mean) x c + mean
+    "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),  # added to HSV value (0..1), hue and saturation kept
+    "jpeg": (80, 65, 58, 50, 40),  # JPEG quality
+    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),  # side kept before upscaling back (box filter)
+}
+SEVERITIES = (3, 5)  # what is measured: moderate, and CIFAR-10-C's harshest
+
+
+def corrupt(images, corruption: str, severity: int = 3, seed: int = 0) -> np.ndarray:
+    """``images`` (uint8, N x 32 x 32 x 3) with ``corruption`` (a ``CORRUPTIONS`` key) at
+    CIFAR-10-C ``severity`` 1..5 applied; the noise is drawn from ``seed``, so the corrupted
+    set is the same every time."""
+    from PIL import Image, ImageFilter
+
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {', '.join(CORRUPTIONS)}, got {corruption!r}")
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 (N, height, width, 3), got {images.dtype} "
+                         f"{images.shape}")  # fmt: skip
+    if severity not in range(1, 6):
+        raise ValueError(f"severity must be 1 to 5 (CIFAR-10-C's), got {severity!r}")
+    level = CORRUPTIONS[corruption][severity - 1]
+    x = images.astype(np.float32) / 255.0
+    if corruption == "gaussian_noise":
+        x = x + np.random.default_rng(seed).normal(0.0, level, x.shape)
+    elif corruption == "low_contrast":
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        x = (x - mean) * level + mean
+    elif corruption == "brightness":
+        value = x.max(axis=-1, keepdims=True)  # HSV value; scaling RGB by V'/V keeps H and S
+        brighter = np.clip(value + level, 0.0, 1.0)
+        x = np.where(value > 0, x * brighter / np.maximum(value, 1e-8), brighter)
+    else:  # per image, with Pillow
+        side = images.shape[1]
+        small = max(1, int(round(side * level))) if corruption == "pixelate" else side
+        out = np.empty_like(images)
+        for index, pixels in enumerate(images):
+            image = Image.fromarray(pixels)
+            if corruption == "gaussian_blur":
+                image = image.filter(ImageFilter.GaussianBlur(radius=level))
+            elif corruption == "jpeg":
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=level)
+                image = Image.open(io.BytesIO(buffer.getvalue()))
+            else:
+                box = Image.Resampling.BOX
+                image = image.resize((small, small), box).resize((side, side), box)
+            out[index] = np.asarray(image.convert("RGB"))
+        return out
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def corruption_accuracies(
+    model, images, labels, severities=SEVERITIES, batch_size: int = 256, seed: int = 0
+) -> dict:
+    """Test accuracy of ``model`` on the clean images and under each of ``CORRUPTIONS`` at
+    each of ``severities``, each also as a ratio of the clean one: {"clean": ...,
+    "severities": {"3": {"corruptions": {name: {"accuracy", "ratio"}}, "mean_ratio"}, ...}}."""
+    labels = check_labels(labels, "labels", NUM_CLASSES)
+
+    def accuracy_on(batch):
+        return accuracy(labels, model.predict(batch, batch_size=batch_size, verbose=0))
+
+    clean = accuracy_on(images)
+    measured = {}
+    for severity in severities:
+        results = {}
+        for name in CORRUPTIONS:
+            corrupted = accuracy_on(corrupt(images, name, severity, seed))
+            results[name] = {"accuracy": corrupted, "ratio": corrupted / clean if clean else 0.0}
+        ratios = [result["ratio"] for result in results.values()]
+        measured[str(severity)] = {"corruptions": results, "mean_ratio": float(np.mean(ratios))}
+    return {"clean": clean, "severities": measured, "seed": seed, "test_images": len(labels)}

@@ -1,4 +1,5 @@
-"""Atomic writes: write to a temporary file beside the target, then rename.
+"""Atomic writes: write to a temporary file beside the target, then rename. And error
+messages as one line.
 
 An interrupted or failed run never leaves a half-written file behind.
 """
@@ -9,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,3 +67,34 @@ def read_json(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"{path}: file not found") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+_COLOUR_CODES = re.compile(r"\x1b\[[0-9;]*m")
+_IN_MEMORY_FILE = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")  # says nothing to a reader
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """``error``'s message as one line: whitespace collapsed, colour codes and in-memory file
+    names dropped, cut at ``limit`` characters; the exception's type where it has no message."""
+    text = _IN_MEMORY_FILE.sub("the data", _COLOUR_CODES.sub("", str(error)))
+    text = " ".join(text.split())
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+@contextlib.contextmanager
+def stderr_to(path: str | os.PathLike) -> Iterator[None]:
+    """Point this process's file descriptor 2 (and so sys.stderr) at ``path`` for a while:
+    what a library's C++ code writes there (TensorFlow's start-up logs) goes to the file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -735,3 +735,37 @@ def image_prediction(
     axes[2].xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     axes[2].set_title(f"Top {top_k} classes")
     return _save(figure, path, "image_prediction.png")
+
+
+# ---------------------------------------------------------------- corruptions
+
+
+@_styled
+def corruption_bars(tables: dict, title=None, path=None):
+    """Test accuracy per corruption, one panel per severity (``tables``: severity -> a table
+    with rows "clean" first, then each corruption, and one column of fractions per model),
+    one bar per model, grouped by corruption."""
+    if not tables or any(table.empty or "clean" not in table.index for table in tables.values()):
+        raise ValueError("tables must map severity -> a table with a 'clean' row per model")
+    figure, axes = plt.subplots(
+        len(tables), 1, figsize=(11, 3.6 * len(tables) + 1), sharey=True, layout="constrained"
+    )
+    axes = np.atleast_1d(axes)
+    for axis, (severity, table) in zip(axes, tables.items(), strict=True):
+        models_count, rows = len(table.columns), list(table.index)
+        width = 0.8 / models_count
+        colors = sns.color_palette("crest", models_count)
+        for offset, (model, color) in enumerate(zip(table.columns, colors, strict=True)):
+            positions = np.arange(len(rows)) + (offset - (models_count - 1) / 2) * width
+            axis.bar(positions, table[model], width=width, color=color, label=model)
+        axis.axvspan(-0.5, 0.5, color=PANEL_COLOR, zorder=0)  # the clean test set, for reference
+        axis.set_xticks(np.arange(len(rows)), [row.replace("_", " ") for row in rows])
+        axis.set_xlim(-0.5, len(rows) - 0.5)
+        axis.set_ylim(0, 1)
+        axis.set_ylabel("Test accuracy")
+        axis.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        axis.set_title(f"CIFAR-10-C severity {severity} of 5", fontsize="medium")
+    figure.suptitle(title or "Test accuracy on clean and corrupted images")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
+    return _save(figure, path, "corruptions.png")

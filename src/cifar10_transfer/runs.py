@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -202,9 +203,46 @@ def load_model(path: str | os.PathLike):
     from cifar10_transfer import models  # noqa: F401
 
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        model = keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises many types for a bad archive
-        raise ValueError(f"{path}: not a loadable Keras model ({error})") from None
+        raise ValueError(f"{path}: {_refusal(error)}; {EXPECTED_MODEL}") from None
+    inputs, outputs = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if inputs != config.IMAGE_SHAPE or outputs != config.NUM_CLASSES:
+        raise ValueError(
+            f"{path}: the model takes {inputs} inputs and has {outputs} outputs; a CIFAR-10 "
+            f"model takes 32x32 RGB images {config.IMAGE_SHAPE} and has "
+            f"{config.NUM_CLASSES} outputs, one per class"
+        )
+    return model
+
+
+EXPECTED_MODEL = "expected a .keras model saved by cifar10-transfer (train or export)"
+# What safe_mode=True refused, by the start of Keras's own message (its root cause).
+REFUSALS = {
+    "Requested the deserialization of a `Lambda`": "it holds a Lambda layer, whose Python code "
+    "safe_mode=True does not run",
+    "Requested the loading of a vocabulary file outside": "it reads a vocabulary file from "
+    "outside its archive, which safe_mode=True refuses",
+    "Cannot deserialize `": "it calls a function that is not a layer, which safe_mode=True refuses",
+}
+
+
+def _refusal(error: BaseException) -> str:
+    """Why Keras refused a model file, in a few words: the first sentence of the innermost
+    error (Keras wraps the cause in errors that print the whole model configuration)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    message = fileio.one_line(error)
+    for start, reason in REFUSALS.items():
+        if message.startswith(start):
+            return f"refused: {reason}"
+    located = re.match(r"Could not locate class '([^']+)'", message)
+    if located:
+        return (
+            f"refused: it uses the class {located[1]!r}, which neither Keras nor "
+            "cifar10_transfer defines"
+        )
+    return f"not a loadable Keras model ({message.split('. ')[0]})"
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:

@@ -77,6 +77,107 @@ def curve_notes(history: pd.DataFrame, stage) -> str:
     return "\n".join(f"- {note}" for note in notes)
 
 
+CORRUPTIONS_FILE = "corruptions.json"  # results/<profile>/: per model, evaluation's numbers
+
+
+CORRUPTION_EXPERIMENTS = ("baseline_cnn", "head", "finetune")  # the models notebook 05 compares
+CORRUPTION_TEST_SIZE = 2_000  # test images (200 per class): 7 passes each stay within a minute
+
+
+def measure_corruptions(profile_name: str, splits, results_dir) -> dict | None:
+    """``evaluation.corruption_accuracies`` of the compared models trained on this machine
+    (runs/<profile>/), on ``CORRUPTION_TEST_SIZE`` stratified test images, written with its
+    provenance to ``results_dir/corruptions.json`` and returned; None when a model is
+    missing here."""
+    folders = {name: runs.run_dir(profile_name, name) for name in CORRUPTION_EXPERIMENTS}
+    if not all((folder / "model.keras").exists() for folder in folders.values()):
+        return None
+    keep = data.stratified_indices(splits.y_test, CORRUPTION_TEST_SIZE, seed=0)
+    images, labels = splits.x_test[keep], splits.y_test[keep]
+    measured = {}
+    for name, folder in folders.items():
+        model = runs.load_model(folder)
+        print(f"{name}: clean and {len(evaluation.CORRUPTIONS)} corruptions", flush=True)
+        accuracies = evaluation.corruption_accuracies(model, images, labels)
+        measured[name] = {"label": runs.load_run(folder).label, **accuracies}
+    results = {"profile": profile_name, "models": measured, "data": splits.source,
+               **runs.environment()}  # fmt: skip
+    fileio.write_json(Path(results_dir) / CORRUPTIONS_FILE, results)
+    return results
+
+
+def corruption_table(results: dict, severity: str = "3") -> pd.DataFrame:
+    """Accuracy per corruption at ``severity`` (rows, "clean" first) and model (columns, their
+    labels), from ``corruptions.json``'s dict (experiment -> {"label", and
+    ``evaluation.corruption_accuracies``'})."""
+    columns = {}
+    for entry in results["models"].values():
+        measured = entry["severities"][severity]["corruptions"]
+        column = {"clean": entry["clean"]}
+        column.update({name: value["accuracy"] for name, value in measured.items()})
+        columns[entry["label"]] = column
+    return pd.DataFrame(columns)
+
+
+def corruption_note(results: dict) -> str:
+    """One sentence, computed, on what the corruption results mean for a user of the demo:
+    the best clean model's mean share kept at each severity and its worst corruption."""
+    best = max(results["models"].values(), key=lambda entry: entry["clean"])
+    kept = ", ".join(
+        f"{measured['mean_ratio']:.2f}× at severity {severity}"
+        for severity, measured in best["severities"].items()
+    )
+    harshest = best["severities"][max(best["severities"], key=int)]["corruptions"]
+    worst, value = min(harshest.items(), key=lambda item: item[1]["accuracy"])
+    return (
+        f"{best['label']} is right on {best['clean']:.1%} of clean test images and keeps "
+        f"on average {kept} of that under these corruptions; at the harshest it is right on "
+        f"only {value['accuracy']:.1%} of {worst.replace('_', ' ')} images. For the demo: a "
+        "sharp, well-lit photo gets about the accuracy of the tables above, a "
+        f"{CORRUPTED_UPLOAD[worst]} one far less, however confident the demo looks."
+    )
+
+
+# How a user would call an upload with each corruption.
+CORRUPTED_UPLOAD = {
+    "gaussian_noise": "noisy",
+    "gaussian_blur": "blurred",
+    "low_contrast": "low-contrast",
+    "brightness": "over-exposed",
+    "jpeg": "heavily compressed",
+    "pixelate": "pixelated",
+}
+
+
+def corruptions_markdown(results_dir: str | os.PathLike) -> str:
+    """The README's corruption table: each model's accuracy clean and under each corruption
+    at each severity measured, with the share of its clean accuracy it keeps, from
+    ``results_dir/corruptions.json``."""
+    results = fileio.read_json(Path(results_dir) / CORRUPTIONS_FILE)
+    rows = []
+    for entry in results["models"].values():
+        for severity, measured in entry["severities"].items():
+            row = {"model": entry["label"], "severity": severity,
+                   "clean": evaluation.percent(entry["clean"])}  # fmt: skip
+            for name, value in measured["corruptions"].items():
+                row[name.replace("_", " ")] = (
+                    f"{evaluation.percent(value['accuracy'])} ({value['ratio']:.2f}×)"
+                )
+            row["mean kept"] = f"{measured['mean_ratio']:.3f}×"
+            rows.append(row)
+    first = next(iter(results["models"].values()))
+    return (
+        pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+        + "\n\nCIFAR-10-C's corruptions made in code (`evaluation.corrupt`) with that "
+        f"paper's parameters at severities {' and '.join(first['severities'])} of 5, on "
+        f"{first['test_images']:,} test images (stratified, seed {first['seed']}); in brackets "
+        "the share of the model's clean accuracy it keeps. Generated from "
+        f"`results/{Path(results_dir).name}/{CORRUPTIONS_FILE}` (code "
+        f"{results.get('git_commit') or NO_COMMIT}"
+        f"{' with uncommitted changes' if results.get('git_dirty') else ''})."
+    )
+
+
 def reliability_note(bins: pd.DataFrame, ece: float, label_smoothing: float = 0.0) -> str:
     """What a reliability diagram (``evaluation.reliability_diagram_data``) shows, computed
     from its bins: which way the bars fall, weighted by the images in each bin."""
@@ -551,6 +652,10 @@ def refresh_tables(results_root=None, readme=None) -> list[str]:
             table = write_summary(folder, folder.name)
             done.append(f"{folder.name} ({len(table)} models)")
             update_document(results_markdown(table, folder.name), f"results-{folder.name}", readme)
+            if (folder / CORRUPTIONS_FILE).exists():
+                markdown = corruptions_markdown(folder)
+                if update_document(markdown, f"corruptions-{folder.name}", readme):
+                    done.append(f"corruptions-{folder.name}")
     tables = {
         "profiles": lambda: profiles_markdown(results_root),
         "notebook-times": lambda: notebook_times_markdown(results_root),

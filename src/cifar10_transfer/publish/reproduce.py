@@ -11,7 +11,6 @@ Executed notebooks, and the seconds each step took (``timings.json``), are saved
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -105,21 +104,6 @@ def portable_paths(text: str, parameters: dict) -> str:
         if folder not in ("/", "./"):
             text = text.replace(folder, "")
     return text
-
-
-@contextlib.contextmanager
-def _stderr_to(path: Path):
-    """Point this process's file descriptor 2 (and so sys.stderr) at ``path`` for a while."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(path, "w") as log:
-            os.dup2(log.fileno(), 2)
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _kernel_manager(sockets: str, output):
@@ -369,7 +353,7 @@ def reproduce(
         seeds_started = time.perf_counter()
         # These train in this process: what TensorFlow's C++ code writes to stderr (its
         # start-up logs) goes to a log beside the notebooks' kernel logs, as theirs does.
-        with _stderr_to(notebooks_dir / "seeds.kernel.log"):
+        with fileio.stderr_to(notebooks_dir / "seeds.kernel.log"):
             train_seeds(profile, range(profile.seed + 1, profile.seed + seeds), data, devices)
         timings["extra seeds"] = round(time.perf_counter() - seeds_started, 1)
     run_notebooks(parameters, notebooks_dir, paths[-1:], timings)
