@@ -134,6 +134,8 @@ def test_reproduce_hands_the_notebooks_the_profile_name_and_its_overrides(tmp_pa
         raise NotebooksStarted
 
     monkeypatch.setattr(reproduce, "run_notebooks", run_notebooks)
+    monkeypatch.setattr(reproduce, "machine_reading", lambda folder: None)  # 30 s, measured
+    monkeypatch.setattr(config, "RESULTS_DIR", tmp_path / "results")  # elsewhere
     monkeypatch.chdir(tmp_path)
     overrides = {"weights": "local.h5", "seed": 43, "train_size": None}
     with pytest.raises(NotebooksStarted):
