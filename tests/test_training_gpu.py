@@ -204,8 +204,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from cifar10_transfer import config, training
 try:
     training.run_experiment(
-        "baseline_cnn",
-        config.profile("smoke", baseline_batch_size=20, gradient_accumulation_steps=2),
+        "finetune",
+        config.profile("smoke", batch_size=20, gradient_accumulation_steps=2, weights=None),
         devices="all",
     )
 except ValueError as error:

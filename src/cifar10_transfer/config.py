@@ -221,8 +221,9 @@ class Profile:
     # hardware.check_accelerator) unless allow_cpu is set.
     needs_accelerator: bool = False
     allow_cpu: bool = False
-    # Micro-batches of batch_size / N images per optimizer update (which must divide evenly):
-    # the same effective batch in about 1/N of the activation memory.
+    # Fine-tuning: micro-batches of batch_size / N images per optimizer update (N must divide
+    # batch_size): the same effective batch in about 1/N of the activation memory. The
+    # baselines and the head stage train on small models or features and never need it.
     gradient_accumulation_steps: int = 1
 
     def to_dict(self) -> dict:
@@ -425,6 +426,12 @@ def check(profile: Profile) -> Profile:
         raise ValueError(
             f"train_size={profile.train_size} + val_size={profile.val_size}: together at most "
             f"{TRAIN_IMAGES} (CIFAR-10's training images)"
+        )
+    if profile.batch_size % profile.gradient_accumulation_steps:
+        raise ValueError(
+            f"gradient_accumulation_steps={profile.gradient_accumulation_steps} must divide the "
+            f"batch size {profile.batch_size} evenly (fine-tuning feeds batch_size / "
+            "gradient_accumulation_steps images a step)"
         )
     if profile.weight_decay and profile.optimizer == "adam":
         raise ValueError(

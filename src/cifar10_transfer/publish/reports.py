@@ -92,7 +92,8 @@ def measure_corruptions(profile_name: str, splits, results_dir) -> dict | None:
     folders = {name: runs.run_dir(profile_name, name) for name in CORRUPTION_EXPERIMENTS}
     if not all((folder / "model.keras").exists() for folder in folders.values()):
         return None
-    keep = data.stratified_indices(splits.y_test, CORRUPTION_TEST_SIZE, seed=0)
+    size = min(CORRUPTION_TEST_SIZE, len(splits.y_test))  # a smoke run has 200
+    keep = data.stratified_indices(splits.y_test, size, seed=0)
     images, labels = splits.x_test[keep], splits.y_test[keep]
     measured = {}
     for name, folder in folders.items():
