@@ -618,6 +618,9 @@ def quickstart_time_markdown(results_root=None) -> str:
     if timings.get("extra seeds"):
         text += f", and the two extra seeds of `SEEDS=3` {timings['extra seeds'] / 60:.1f} min more"
     text += " (`results/quick/notebooks/timings.json`)."
+    recorded = fileio.read_json(results_root / "quick" / "notebooks" / "timings.json")
+    if recorded.get("note"):
+        text += f" Note: {recorded['note']}."
     machine = reproduce_machine(results_root / "quick")
     if machine:
         ratio = machine["images_per_second"] / machine["reference_images_per_second"]
