@@ -182,9 +182,7 @@ class Profile:
     backbone: str = "efficientnet_lite2"
     weights: str | None = "imagenet"  # "imagenet", a local weights file, or None (random)
     image_size: int = 96  # px, side length the 32x32 input is resized to inside the model
-    head: str = (
-        "dense"  # "dense" (Dense-ReLU, dropout), "dense_bn" (Dense-ReLU, BN, dropout), "linear"
-    )
+    head: str = "dense"  # "dense" (Dense-ReLU, dropout), "dense_bn" (+ BN), or "linear"
     head_units: int = 256  # units of the head's hidden dense layer
     dropout_rate: float = 0.5  # head dropout
     label_smoothing: float = 0.1

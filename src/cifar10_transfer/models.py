@@ -358,7 +358,7 @@ def application(backbone: str, stochastic_depth: float = 0.0):
         options = {}
 
     def build(include_top=True, weights="imagenet", input_shape=None, **kwargs):
-        _check_backbone(backbone, weights, stochastic_depth)
+        _check_weights(weights)
         try:
             return constructor(
                 include_top=include_top, weights=weights, input_shape=input_shape,
@@ -413,11 +413,7 @@ def _check_backbone(backbone: str, weights, stochastic_depth: float) -> None:
             f"stochastic_depth={stochastic_depth} needs an efficientnet_lite backbone: "
             f"keras.applications' {backbone!r} has no drop-connect rate to set"
         )
-    if weights not in ("imagenet", None) and not os.path.exists(str(weights)):
-        raise WeightsError(
-            f"weights file {weights!r} does not exist; expected 'imagenet', None "
-            "or a path to a weights file"
-        )
+    _check_weights(weights)
     if backbone.startswith("efficientnet_lite"):
         if backbone not in efficientnet_lite.BACKBONES:
             raise ValueError(
@@ -425,6 +421,14 @@ def _check_backbone(backbone: str, weights, stochastic_depth: float) -> None:
             )
     else:
         _application_name(backbone)
+
+
+def _check_weights(weights) -> None:
+    if weights not in ("imagenet", None) and not os.path.exists(str(weights)):
+        raise WeightsError(
+            f"weights file {weights!r} does not exist; expected 'imagenet', None "
+            "or a path to a weights file"
+        )
 
 
 def build_head(

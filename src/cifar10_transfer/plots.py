@@ -404,6 +404,7 @@ def confusion_matrix_heatmap(
         raise ValueError(
             f"cm must have shape ({size}, {size}) to match class_names, got {counts.shape}"
         )
+    diagonal = np.eye(size, dtype=bool)
     if normalize:
         values = normalize_rows(counts)
         annotations = np.where(values >= 0.01, np.char.mod("%.0f", values * 100), "<1")
@@ -414,10 +415,8 @@ def confusion_matrix_heatmap(
         values = counts
         annotations = np.char.mod("%d", values)
         colorbar = {"label": "Mistakes: images"}
-    annotations = np.where(values > 0, annotations, "")  # empty cells stay blank
-    diagonal = np.eye(size, dtype=bool)
-    if not normalize:
         vmax = max(values[~diagonal].max(), 1e-9)
+    annotations = np.where(values > 0, annotations, "")  # empty cells stay blank
     figure, axis = plt.subplots(figsize=(9.5, 8), layout="constrained")
     sns.heatmap(
         values,

@@ -100,7 +100,8 @@ def measure_corruptions(profile_name: str, splits, results_dir) -> dict | None:
         model = runs.load_model(folder)
         print(f"{name}: clean and {len(evaluation.CORRUPTIONS)} corruptions", flush=True)
         accuracies = evaluation.corruption_accuracies(model, images, labels)
-        measured[name] = {"label": runs.load_run(folder).label, **accuracies}
+        label = runs.experiment_label(fileio.read_json(folder / "metrics.json"))
+        measured[name] = {"label": label, **accuracies}
     results = {"profile": profile_name, "models": measured, "data": splits.source,
                **runs.environment()}  # fmt: skip
     fileio.write_json(Path(results_dir) / CORRUPTIONS_FILE, results)
@@ -605,8 +606,13 @@ def update_document(markdown: str, marker: str, readme=None) -> Path | None:
 def quickstart_time_markdown(results_root=None) -> str:
     """How long the committed ``make reproduce`` of ``quick`` took, from its timings.json."""
     results_root = Path(results_root or config.RESULTS_DIR)
+    folder = results_root / "quick"
     try:
-        timings, finetune = reproduce_timings(results_root / "quick")
+        recorded = fileio.read_json(folder / "notebooks" / "timings.json")
+        timings, finetune = (
+            recorded["seconds"],
+            fileio.read_json(folder / "finetune" / "metrics.json"),
+        )
     except (OSError, ValueError, KeyError):
         return "`make reproduce` of the quick profile has no measured time yet."
     one_seed = sum(timings[name] for name in config.NOTEBOOKS)
@@ -618,10 +624,9 @@ def quickstart_time_markdown(results_root=None) -> str:
     if timings.get("extra seeds"):
         text += f", and the two extra seeds of `SEEDS=3` {timings['extra seeds'] / 60:.1f} min more"
     text += " (`results/quick/notebooks/timings.json`)."
-    recorded = fileio.read_json(results_root / "quick" / "notebooks" / "timings.json")
     if recorded.get("note"):
         text += f" Note: {recorded['note']}."
-    machine = reproduce_machine(results_root / "quick")
+    machine = recorded.get("machine")
     if machine:
         ratio = machine["images_per_second"] / machine["reference_images_per_second"]
         text += (
@@ -633,14 +638,6 @@ def quickstart_time_markdown(results_root=None) -> str:
     else:
         text += " That run did not read its machine's speed."
     return text
-
-
-def reproduce_machine(results_dir: Path) -> dict | None:
-    """The speed reading of the ``make reproduce`` behind ``results_dir``, or None."""
-    try:
-        return fileio.read_json(results_dir / "notebooks" / "timings.json").get("machine")
-    except (OSError, ValueError):
-        return None
 
 
 def refresh_tables(results_root=None, readme=None) -> list[str]:
