@@ -17,7 +17,7 @@ QUICK_RECIPE = {
     "test_size": None,
     "backbone": "efficientnet_lite2",
     "weights": "imagenet",
-    "image_size": 96,
+    "image_size": 128,
     "head": "dense",
     "head_units": 256,
     "dropout_rate": 0.5,
@@ -25,7 +25,7 @@ QUICK_RECIPE = {
     "batch_size": 64,
     "head_epochs": 15,
     "head_learning_rate": 1e-3,
-    "finetune_epochs": 4,
+    "finetune_epochs": 3,
     "finetune_learning_rate": 3e-4,
     "unfreeze": "stage:block4",
     "lr_schedule": "plateau",  # ReduceLROnPlateau: results/quick-trials/plateau-*
@@ -40,7 +40,7 @@ QUICK_RECIPE = {
     "stochastic_depth": 0.0,
     "mixing": "none",
     "randaugment": False,
-    "baseline_epochs": 30,
+    "baseline_epochs": 10,
     "baseline_learning_rate": 2e-3,
     "baseline_batch_size": 64,
     "seed": 42,
@@ -59,6 +59,7 @@ GPU_CHANGES = {
     "optimizer": "sgd",
     "warmup_epochs": 1.0,
     "lr_schedule": "cosine",  # warm-up, then cosine decay
+    "baseline_epochs": 30,
     "needs_accelerator": True,
 }
 # What each profile changes, and nothing else.
@@ -80,7 +81,7 @@ PROFILE_CHANGES = {
         "baseline_epochs": 1,
         "baseline_batch_size": 50,
     },
-    "hires": {"image_size": 224, "finetune_epochs": 3},
+    "hires": {"image_size": 224, "baseline_epochs": 30},
     "full": {
         **GPU_CHANGES,
         "train_size": None,

@@ -312,7 +312,7 @@ def corrupt(images, corruption: str, severity: int = 3, seed: int = 0) -> np.nda
 
 
 def corruption_accuracies(
-    model, images, labels, severities=SEVERITIES, batch_size: int = 256, seed: int = 0
+    model, images, labels, severities=SEVERITIES, batch_size: int = 64, seed: int = 0
 ) -> dict:
     """Test accuracy of ``model`` on the clean images and under each of ``CORRUPTIONS`` at
     each of ``severities``, each also as a ratio of the clean one: {"clean": ...,

@@ -81,7 +81,7 @@ CORRUPTIONS_FILE = "corruptions.json"  # results/<profile>/: per model, evaluati
 
 
 CORRUPTION_EXPERIMENTS = ("baseline_cnn", "head", "finetune")  # the models notebook 05 compares
-CORRUPTION_TEST_SIZE = 2_000  # test images (200 per class): 7 passes each stay within a minute
+CORRUPTION_TEST_SIZE = 1_000  # test images (100 per class): 13 passes of each model in a minute
 
 
 def measure_corruptions(profile_name: str, splits, results_dir) -> dict | None:
