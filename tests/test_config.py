@@ -324,8 +324,11 @@ def test_train_hands_run_experiment_the_profile_with_the_settings(
     monkeypatch.setattr(training, "run_experiment", run_experiment)
     arguments = ["train", experiment, "--profile", "paper", "--set", "dropout_rate=0.25"]
     assert cli.main([*arguments, "--seed", "3", "--epochs", "2", "--devices", "all"]) == 0
-    ((name, profile, options),) = calls
+    *before, (name, profile, options) = calls
     assert name == experiment
+    # Fine-tuning trains its head run first, with the same profile (none in runs/paper here).
+    assert [call[:2] for call in before] == ([("head", profile)] if before else [])
+    assert len(before) == (experiment == "finetune")
     assert profile == config.profile("paper", dropout_rate=0.25, seed=3, **{setting: 2})
     assert options == {"data": None, "out_dir": None, "resume": False, "devices": "all"}
     assert '"experiment": 0' in capsys.readouterr().out

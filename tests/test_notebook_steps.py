@@ -126,7 +126,7 @@ def test_expected_time_reads_the_committed_timings_and_says_which_recipe_ran():
     )
     longer = config.profile("quick", finetune_epochs=9)
     assert reproduce.expected_time(longer, "04_finetune.ipynb").endswith(
-        "another recipe than this run's (finetune_epochs=4→9)"
+        f"another recipe than this run's (finetune_epochs={quick.finetune_epochs}→9)"
     )
     table = reports.notebook_times_markdown(config.COMMITTED_RESULTS)
     assert "| 04_finetune.ipynb" in table and "1.5 min" in table

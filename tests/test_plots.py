@@ -221,6 +221,34 @@ def test_comparison_draws_the_spread_over_seeds_only_where_there_is_one(prior_as
     assert "error bars: ±1 standard deviation" in axis.get_xlabel()
 
 
+def test_like_with_like_puts_ours_beside_each_prior_result_or_says_there_is_none(tmp_path):
+    priors = config.PRIOR_RESULTS[:2]  # MapiAI's baseline CNN, Kallu et al.'s (no setting)
+    table = pd.DataFrame(
+        {
+            "prior": [prior.label for prior in priors],
+            "prior_accuracy": [prior.accuracy for prior in priors],
+            "train_images": [prior.train_images for prior in priors],
+            "image_size": [prior.image_size for prior in priors],
+            "profile": ["hires", None],
+            "accuracy": [0.6913, np.nan],
+            "our_device": ["CPU", None],
+        }
+    )
+    figure = plots.like_with_like_bars(table, path=tmp_path / "l.png")
+    axis = figure.axes[0]
+    widths = sorted(round(patch.get_width(), 4) for patch in axis.patches)
+    assert widths == [0.605, 0.6913, 0.73]  # two prior bars, one of ours
+    texts = [text.get_text() for text in axis.texts]  # the bar labels, and the one gap
+    assert texts == ["60.5%", "73.0%", "69.1%  (hires, CPU)", "no run of ours on this setting"]
+    labels = [label.get_text() for label in axis.get_yticklabels()]
+    assert labels[0].endswith("(10k images, 32 px)") and labels[1].endswith(
+        "(setting not recorded)"
+    )
+    assert (tmp_path / "l.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="reports.like_with_like's"):
+        plots.like_with_like_bars(table.drop(columns="profile"))
+
+
 def test_image_prediction_shows_the_top_classes_best_first(tmp_path):
     probabilities = np.full(config.NUM_CLASSES, 0.02)
     probabilities[[3, 7]] = 0.5, 0.34

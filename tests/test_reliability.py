@@ -85,6 +85,15 @@ def test_finetuning_refuses_a_head_run_made_with_other_settings(tmp_path, change
     assert not (tmp_path / "finetune").exists()  # nothing half-made
 
 
+def test_finetuning_without_its_head_run_says_how_to_train_it_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"head: no head run to start from; train it first "
+                       r"\(cifar10-transfer train head --out .*head\)"):  # fmt: skip
+        training.run_experiment(
+            "finetune", config.profile("smoke"), out_dir=tmp_path / "ft", splits=tiny_splits()
+        )
+    assert not (tmp_path / "ft").exists()  # nothing half-made
+
+
 def test_finetuning_refuses_a_head_run_on_other_data(tmp_path):
     fake_head_run(tmp_path / "head", config.profile("smoke"), source="/data/other.tar.gz")
     with pytest.raises(ValueError, match="data '/data/other.tar.gz' there, 'memory' here"):
@@ -439,9 +448,14 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_backup(tmp_path):
     script = KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out))
     process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
     metadata = out / "backup" / "training_metadata.json"
+    history = out / training.HISTORY_PART
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if metadata.exists() and fileio.read_json(metadata)["epoch"] >= 2:
+        # Killed in Slow's pause: after the epoch's backup and its history row, not between
+        # the two (the backup is written first; a kill there loses that epoch's row).
+        done = fileio.read_json(metadata)["epoch"] if metadata.exists() else 0
+        rows = len(history.read_text().splitlines()) - 1 if history.exists() else 0
+        if done >= 2 and rows >= done:
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)

@@ -380,3 +380,71 @@ def test_corruption_table_note_and_readme_rows_come_from_the_results_file(tmp_pa
     assert "| Lite2 fine-tuned | 3 " in markdown and "45.0% (0.50×)" in markdown
     assert "| Lite2 fine-tuned | 5 " in markdown and "22.5% (0.25×)" in markdown
     assert "severities 3 and 5 of 5, on 2,000 test images" in markdown and "abc1234" in markdown
+
+
+def _fake_profile_run(results, profile, experiment, accuracy, image_size, seed=42):
+    """A published run of ``profile`` at ``image_size`` px (``_fake_run``'s, re-sized)."""
+    folder = _fake_run(
+        results.parent / "runs" / profile / f"{experiment}-{seed}", experiment, accuracy,
+        None if experiment == "baseline_cnn" else "efficientnet_lite2",
+    )  # fmt: skip
+    metrics = fileio.read_json(folder / "metrics.json")
+    fileio.write_json(folder / "metrics.json", {**metrics, "image_size": image_size, "seed": seed})
+    target = results / profile
+    runs.publish_run(folder, target if seed == 42 else target / reports.SEEDS_DIR / str(seed))
+
+
+def test_each_prior_result_stands_beside_our_best_run_on_its_own_setting(tmp_path):
+    results = tmp_path / "results"
+    _fake_profile_run(results, "quick", "baseline_cnn", 0.64, 32)
+    _fake_profile_run(results, "quick", "finetune", 0.88, 128)  # 128 px: no prior's setting
+    _fake_profile_run(results, "hires", "baseline_cnn", 0.69, 32)
+    _fake_profile_run(results, "hires", "head", 0.81, 224)
+    for seed, accuracy in ((42, 0.89), (43, 0.91)):
+        _fake_profile_run(results, "hires", "finetune", accuracy, 224, seed=seed)
+    table = reports.like_with_like([results]).set_index("prior")
+    assert list(table.index) == [prior.label for prior in config.PRIOR_RESULTS]
+    baseline = table.loc["MapiAI: baseline CNN, 10k"]
+    assert (baseline.profile, baseline.accuracy) == ("hires", 0.69)  # the better of the two
+    tuned = table.loc["MapiAI: ResNet-50 tuned, 224 px"]
+    assert tuned.accuracy == pytest.approx(0.90) and tuned.seeds == 2
+    assert tuned.accuracy_std == pytest.approx(np.std([0.89, 0.91], ddof=1))
+    assert pd.isna(table.loc["Kornblith: ResNet-50 tuned, 50k"].profile)  # 50k: never run
+    markdown = reports.like_with_like_markdown(table.reset_index())
+    baseline_row = next(line for line in markdown.splitlines() if "baseline CNN, 10k" in line)
+    assert "69.00%: `hires`, Baseline CNN (from scratch), CPU, 1 seed" in baseline_row
+    assert "+8.5 points: ours higher" in baseline_row
+    tuned_row = next(line for line in markdown.splitlines() if "ResNet-50 tuned, 224" in line)
+    assert "90.00% ± 1.41" in tuned_row and "mean of 2 seeds" in tuned_row
+    assert "-1.0 points: prior higher" in tuned_row
+    kallu = next(line for line in markdown.splitlines() if "ResNet-18 tuned" in line)
+    assert "not recorded here" in kallu and "no run of ours on this setting" in kallu
+
+
+def test_the_corruption_check_measures_each_compared_model_and_writes_its_results(
+    tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from cifar10_transfer import models
+
+    monkeypatch.setattr(config, "RUNS_DIR", tmp_path / "runs")
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 10
+    splits = SimpleNamespace(
+        x_test=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y_test=labels, source="memory"
+    )
+    assert reports.measure_corruptions("smoke", splits, tmp_path / "results") is None  # no models
+    for experiment in reports.CORRUPTION_EXPERIMENTS:
+        folder = runs.run_dir("smoke", experiment)
+        folder.mkdir(parents=True)
+        models.baseline_cnn().save(folder / "model.keras")  # any 32x32x3 -> 10 classes model
+        fileio.write_json(folder / "metrics.json", {"experiment": experiment, "backbone": None})
+    measured = reports.measure_corruptions("smoke", splits, tmp_path / "results")
+    assert measured == fileio.read_json(tmp_path / "results" / reports.CORRUPTIONS_FILE)
+    assert list(measured["models"]) == list(reports.CORRUPTION_EXPERIMENTS)
+    for entry in measured["models"].values():
+        assert entry["test_images"] == 40  # fewer than CORRUPTION_TEST_SIZE: all of them
+        assert list(entry["severities"]) == [str(s) for s in reports.CORRUPTION_SEVERITIES]
+    assert measured["models"]["head"]["label"] == runs.experiment_label({"experiment": "head"})
+    assert measured["profile"] == "smoke" and measured["data"] == "memory"

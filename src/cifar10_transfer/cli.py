@@ -123,13 +123,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if stage == "baseline" and "batch_size" in overrides:
         # The baselines train with baseline_batch_size: --batch-size is that one for them.
         overrides["baseline_batch_size"] = overrides.pop("batch_size")
+    profile = config.profile(_profile_name(args), **overrides)
+    options = {"data": args.data, "devices": args.devices}
+    # Fine-tuning starts from the head run beside it: trained first when there is none.
+    training.train_prerequisite(args.experiment, profile, out_dir=args.out, **options)
     metrics = training.run_experiment(
-        args.experiment,
-        config.profile(_profile_name(args), **overrides),
-        data=args.data,
-        out_dir=args.out,
-        resume=args.resume,
-        devices=args.devices,
+        args.experiment, profile, out_dir=args.out, resume=args.resume, **options
     )
     keys = ("experiment", "test_accuracy", "test_loss", "epochs", "wall_time_s", "device")
     print(json.dumps({key: metrics[key] for key in keys}))
@@ -137,10 +136,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cifar10_transfer import data, evaluation, runs
+    from cifar10_transfer import data, evaluation, models, runs
     from cifar10_transfer.publish import reports
 
+    if args.image_size is not None:  # before any work: the run's profile, the size's range
+        profile = runs.run_profile(args.model)
+        config.check(config.profile(profile, image_size=args.image_size))
     model = runs.load_model(args.model)
+    if args.image_size is not None:
+        model = models.at_image_size(model, profile, args.image_size)
     dataset = data.load_cifar10(args.data)
     images, labels = dataset.x_test, dataset.y_test
     if args.test_size is not None:
@@ -296,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--figures", metavar="DIR", help="write error-analysis figures here")
     evaluate.add_argument("--tta", action="store_true", help="average with horizontal flips")
+    evaluate.add_argument(
+        "--image-size",
+        type=int,
+        help="test a transfer run at this input size (px) instead of its training one (FixRes); "
+        "needs its run folder",
+    )
     evaluate.add_argument("--test-size", type=int, help="stratified test subset (default: all)")
     evaluate.add_argument(
         "--corruptions",

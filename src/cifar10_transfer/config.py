@@ -76,22 +76,34 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-# Prior results we compare with (CIFAR-10 test accuracy, fractions), by source and setting
-# (training images, input size; "tuned": fine-tuned), short enough for a slide's chart. They
-# are published figures, not our results, and are only drawn as reference lines. MapiAI: the MapiAI
-# cifar10-image-classification repository (10k training images, 224 px, GPU); Kallu et al.:
-# Kallu, Movva et al., "Enhancing CIFAR-10 Image Classification using Transfer Learning with
-# ResNet18"; Kornblith: Kornblith et al. 2019, "Do Better ImageNet Models Transfer Better?"
-# (all 50k training images).
-PRIOR_WORK = {
-    "MapiAI: baseline CNN, 10k": 0.605,
-    "Kallu et al.: custom CNN": 0.73,
-    "Kallu et al.: ResNet-18 tuned": 0.82,
-    "MapiAI: ResNet-50 head, 224 px": 0.887,
-    "MapiAI: ResNet-50 tuned, 224 px": 0.91,
-    "Kornblith: ResNet-50 linear, 50k": 0.936,
-    "Kornblith: ResNet-50 tuned, 50k": 0.975,
-}
+@dataclasses.dataclass(frozen=True)
+class PriorResult:
+    """A published CIFAR-10 test accuracy (not ours) and the setting it was measured on."""
+
+    label: str  # source and model, short enough for a slide's chart
+    accuracy: float  # fraction
+    stage: str  # "baseline" (from scratch), "head" (frozen backbone) or "finetune"
+    train_images: int | None = None  # None: the setting is not given by what we cite
+    image_size: int | None = None  # px the model sees
+    device: str = ""
+
+
+# Prior results we compare with. MapiAI: the MapiAI cifar10-image-classification repository
+# (a 10k training subset; its CNN on the 32 px images, ResNet-50 at 224 px; a GPU); Kallu
+# et al.: Kallu, Movva et al., "Enhancing CIFAR-10 Image Classification using Transfer
+# Learning with ResNet18"; Kornblith: Kornblith et al. 2019, "Do Better ImageNet Models
+# Transfer Better?" (all 50k training images, 224 px). Drawn as reference lines, and each
+# beside our result on its own setting (reports.like_with_like).
+PRIOR_RESULTS = (
+    PriorResult("MapiAI: baseline CNN, 10k", 0.605, "baseline", 10_000, 32, "GPU"),
+    PriorResult("Kallu et al.: custom CNN", 0.73, "baseline"),
+    PriorResult("Kallu et al.: ResNet-18 tuned", 0.82, "finetune"),
+    PriorResult("MapiAI: ResNet-50 head, 224 px", 0.887, "head", 10_000, 224, "GPU"),
+    PriorResult("MapiAI: ResNet-50 tuned, 224 px", 0.91, "finetune", 10_000, 224, "GPU"),
+    PriorResult("Kornblith: ResNet-50 linear, 50k", 0.936, "head", 50_000, 224),
+    PriorResult("Kornblith: ResNet-50 tuned, 50k", 0.975, "finetune", 50_000, 224),
+)
+PRIOR_WORK = {prior.label: prior.accuracy for prior in PRIOR_RESULTS}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -385,6 +385,16 @@ def application(backbone: str, stochastic_depth: float = 0.0):
     return build
 
 
+def check_experiment(experiment: str, profile: config.Profile) -> config.Experiment:
+    """``experiment``'s spec once every setting it uses is checked, before any work: the
+    ranges (``config.check``), and for a transfer model ``check_profile``'s."""
+    spec = config.experiment(experiment)
+    config.check(profile)
+    if spec.stage != "baseline":
+        check_profile(profile, fine_tuning=spec.stage == "finetune")
+    return spec
+
+
 def check_profile(profile: config.Profile, fine_tuning: bool = True) -> None:
     """Raise before any training if the profile's backbone or weights file does not exist,
     or, when ``fine_tuning``, its ``unfreeze`` stage (``config.check`` has checked the
@@ -584,3 +594,13 @@ def build_transfer_model(profile: config.Profile) -> keras.Model:
         seed=profile.seed,
         stochastic_depth=profile.stochastic_depth,
     )
+
+
+def at_image_size(model: keras.Model, profile: config.Profile, image_size: int) -> keras.Model:
+    """``model`` (``build_transfer_model(profile)``'s, trained) rebuilt to resize its input to
+    ``image_size`` px, with the same weights: none of them depends on the input size. Testing
+    at a higher resolution than training can gain accuracy when the training augmentation
+    zooms in (FixRes, Touvron et al. 2019)."""
+    resized = build_transfer_model(config.profile(profile, image_size=image_size, weights=None))
+    resized.set_weights(model.get_weights())
+    return resized

@@ -703,6 +703,51 @@ def comparison_bars(
 
 
 @_styled
+def like_with_like_bars(table: pd.DataFrame, title=None, path=None):
+    """Each prior result (grey) beside ours on its own setting (blue), from
+    ``reports.like_with_like``; a prior result with no run of ours on its setting says so."""
+    needed = {"prior", "prior_accuracy", "accuracy", "profile", "train_images", "image_size"}
+    if not needed <= set(table.columns) or table.empty:
+        raise ValueError(f"table must be reports.like_with_like's, with columns {sorted(needed)}")
+    rows = len(table)
+    figure, axis = plt.subplots(figsize=(10, 1.0 * rows + 1.8), layout="constrained")
+    positions = np.arange(rows)
+    height = 0.38
+    prior = axis.barh(positions - height / 2, table["prior_accuracy"], height, color=PRIOR_COLOR)
+    axis.bar_label(prior, labels=[percent(value) for value in table["prior_accuracy"]], padding=4)
+    for position, row in zip(positions, table.itertuples(), strict=True):
+        if pd.isna(row.accuracy):
+            axis.text(0.01, position + height / 2, "no run of ours on this setting",
+                      va="center", color="0.35", fontstyle="italic")  # fmt: skip
+            continue
+        bar = axis.barh(position + height / 2, row.accuracy, height, color=OURS_COLOR)
+        label = f"{percent(row.accuracy)}  ({row.profile}, {row.our_device})"
+        axis.bar_label(bar, labels=[label], padding=4)
+    labels = []
+    for row in table.itertuples():
+        setting = (
+            "setting not recorded"
+            if pd.isna(row.train_images)
+            else f"{int(row.train_images) // 1000}k images, {int(row.image_size)} px"
+        )
+        labels.append(f"{row.prior}\n({setting})")
+    axis.set_yticks(positions, labels)
+    axis.invert_yaxis()  # first prior result on top
+    axis.set_xlim(0, 1.18)  # room for the labels right of the bars
+    axis.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    axis.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axis.set_xlabel("CIFAR-10 test accuracy")
+    handles = [
+        Patch(color=PRIOR_COLOR, label="prior result (published figure)"),
+        Patch(color=OURS_COLOR, label="ours on the same setting (best profile)"),
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    if title != "":
+        axis.set_title(title or "Prior results beside ours on the same setting")
+    return _save(figure, path, "like_with_like.png")
+
+
+@_styled
 def image_prediction(
     original, pixels, probabilities, class_names=config.CLASS_NAMES, top_k: int = 5, path=None
 ):

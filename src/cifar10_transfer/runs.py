@@ -245,6 +245,24 @@ def _refusal(error: BaseException) -> str:
     return f"not a loadable Keras model ({message.split('. ')[0]})"
 
 
+def run_profile(path: str | os.PathLike):
+    """The profile a transfer run trained with, from its folder's metrics.json (``path``: the
+    folder or its model.keras); ValueError for a file outside a run folder or a baseline."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    try:
+        metrics = fileio.read_json(folder / "metrics.json")
+        settings = dict(metrics["profile"])
+        base = settings.pop("name")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{folder}: no run folder's metrics.json with its profile; expected the folder "
+            "of a transfer run (runs/<profile>/head or finetune)"
+        ) from None
+    if not metrics.get("backbone"):
+        raise ValueError(f"{folder}: a from-scratch baseline, not a transfer run")
+    return config.profile(str(base), **settings)
+
+
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Metrics, history and stored test predictions of one run folder."""
     run_dir = Path(run_dir)

@@ -467,15 +467,21 @@ SHAPING_SETTINGS = (
 
 
 def check_prerequisite(prerequisite_dir: Path, profile: config.Profile, splits) -> None:
-    """ValueError unless the run in ``prerequisite_dir`` was made with the settings (and the
-    data) that shape the model this run starts from."""
+    """ValueError unless the run in ``prerequisite_dir`` exists and was made with the
+    settings (and the data) that shape the model this run starts from."""
+    prerequisite = prerequisite_dir.name
+    if not (prerequisite_dir / "model.keras").exists():
+        raise ValueError(
+            f"{prerequisite_dir}: no {prerequisite} run to start from; train it first "
+            f"(cifar10-transfer train {prerequisite} --out {prerequisite_dir})"
+        )
     metrics_file = prerequisite_dir / "metrics.json"
     try:
         recorded = fileio.read_json(metrics_file)
         settings = recorded["profile"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(
-            f"{metrics_file}: unreadable ({error}); train the {prerequisite_dir.name} run again"
+            f"{metrics_file}: unreadable ({error}); train the {prerequisite} run again"
         ) from None
     wanted = profile.to_dict()
     differences = [
@@ -490,7 +496,7 @@ def check_prerequisite(prerequisite_dir: Path, profile: config.Profile, splits) 
         raise ValueError(
             f"{prerequisite_dir} was trained with other settings than this run: "
             f"{'; '.join(differences)}. Train it again with these settings (cifar10-transfer "
-            f"train {prerequisite_dir.name} ... --out {prerequisite_dir}), or use the same ones"
+            f"train {prerequisite} ... --out {prerequisite_dir}), or use the same ones"
         )
 
 
@@ -509,7 +515,6 @@ class Setup:
     out_dir: Path
     job: Job
     started: float
-    devices: object = None
 
     @property
     def prerequisite_dir(self) -> Path:
@@ -530,10 +535,7 @@ def set_up(
     set the seed and precision, load the data (``splits``: already loaded) and make the run
     folder (default runs/<profile>/<experiment>). ``callbacks``: extra Keras callbacks."""
     out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
-    spec = config.experiment(experiment)
-    config.check(profile)
-    if spec.stage != "baseline":
-        models.check_profile(profile, fine_tuning=spec.stage == "finetune")
+    spec = models.check_experiment(experiment, profile)
     stage = Stage.of(profile, spec.stage)
     started = time.perf_counter()
     # First: on several machines this joins the cluster, which must precede any JAX device
@@ -573,25 +575,33 @@ def set_up(
         out_dir=out_dir,
         job=job,
         started=started,
-        devices=devices,
     )
-    if spec.prerequisite and (setup.prerequisite_dir / "model.keras").exists():
+    if spec.prerequisite:  # fine-tuning: the head run it starts from (train_prerequisite)
         check_prerequisite(setup.prerequisite_dir, profile, splits)
     runs.prepare(job.out_dir, resume)
     return setup
 
 
+def train_prerequisite(experiment: str, profile: config.Profile, out_dir=None, **options):
+    """Fine-tuning starts from the head run beside its run folder (runs/<profile>/head, or
+    ``out_dir``'s sibling): train that run first, in view, when it has no model yet (the
+    CLI's ``train finetune``, notebook 04 run alone). ``options``: ``run_experiment``'s."""
+    spec = models.check_experiment(experiment, profile)  # all of it, before the head trains
+    if not spec.prerequisite:
+        return
+    out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
+    head_dir = out_dir.parent / spec.prerequisite
+    if not (head_dir / "model.keras").exists():
+        print(f"no {spec.prerequisite} run in {head_dir}: training it first", flush=True)
+        run_experiment(spec.prerequisite, profile, out_dir=head_dir, **options)
+
+
 def load_head_model(setup: Setup) -> keras.Model:
-    """Fine-tuning's start: the head run's model, trained first (in view) when there is none."""
-    head_dir = setup.prerequisite_dir
-    if not setup.placement.agree((head_dir / "model.keras").exists()):
-        print(f"no head run in {head_dir}: training it first", flush=True)
-        run_experiment(
-            "head", setup.profile, out_dir=head_dir, devices=setup.devices, splits=setup.splits
-        )
-    print(f"starting from {head_dir / 'model.keras'}", flush=True)
+    """Fine-tuning's start: the head run's model (``train_prerequisite`` trains it first)."""
+    path = setup.prerequisite_dir / "model.keras"
+    print(f"starting from {path}", flush=True)
     with setup.placement.scope():
-        return runs.load_model(head_dir / "model.keras")
+        return runs.load_model(path)
 
 
 class TrainingDiverged(ValueError):
@@ -644,12 +654,10 @@ def save_run(setup: Setup, model: keras.Model, probabilities) -> dict:
     if setup.spec.stage == "finetune":
         earlier = pd.read_csv(setup.prerequisite_dir / "history.csv").drop(columns=["epoch"])
         history = pd.concat([earlier, history], ignore_index=True)
+        predictor = placement.predictor(model)  # each process predicts its rows
         with placement.scope():
             tta = evaluation.predict_with_tta(
-                placement.predictor(model),
-                splits.x_test,
-                batch_size=stage.batch_size,
-                probabilities=probabilities,
+                predictor, splits.x_test, batch_size=stage.batch_size, probabilities=probabilities
             )
         extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
     history.insert(0, "epoch", range(1, len(history) + 1))
@@ -684,6 +692,7 @@ def run_experiment(experiment: str, profile: config.Profile, data=None, **option
             models.set_trainable(model, profile.unfreeze, train_bn=profile.train_bn)
         else:
             model = models.build(setup.spec, profile)
+        arguments = compile_arguments(stage, steps_per_epoch(len(x), stage))
         trainee = model
         if stage.name == "head":
             model.get_layer("backbone").trainable = False
@@ -691,7 +700,7 @@ def run_experiment(experiment: str, profile: config.Profile, data=None, **option
             x, x_val, x_test = features["train"], features["val"], features["test"]
             trainee = model.get_layer("head")  # trains on the features, then serves in model
         # Keras reads `trainable` when compiling: compile after freezing or unfreezing.
-        trainee.compile(**compile_arguments(stage, steps_per_epoch(len(x), stage)))
+        trainee.compile(**arguments)
         # Several machines: each trains on its own rows (one machine: all of them).
         x, y, x_val, y_val = placement.local(x, splits.y_train, x_val, splits.y_val)
         fit(trainee, x, y, x_val, y_val, stage, setup.job, seed=profile.seed)
