@@ -28,7 +28,8 @@ GOAL_SECONDS = 20 * 60  # and at most 20 minutes on a 2-core machine like CI's
 def one_seed(root: Path, profile: str) -> dict:
     """The notebooks' seconds, commit and device of the make reproduce under ``root``."""
     results = root / "results" / profile
-    timings, metrics = reports.reproduce_timings(results)
+    recorded, metrics = reports.reproduce_timings(results)
+    timings = recorded["seconds"]
     missing = [name for name in config.NOTEBOOKS if name not in timings]
     if missing:
         raise ValueError(f"{results / 'notebooks' / 'timings.json'}: no time for {missing}")

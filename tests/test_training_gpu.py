@@ -182,11 +182,11 @@ def test_accumulation_makes_the_same_updates_from_half_the_batch(tmp_path):
 
 
 def test_accumulation_steps_must_divide_the_batch():
-    assert training.micro_batch_size(256, 4) == 64
+    assert config.micro_batch_size(256, 4) == 64
     with pytest.raises(ValueError, match="gradient_accumulation_steps=3 must divide the batch"):
-        training.micro_batch_size(256, 3)
+        config.micro_batch_size(256, 3)
     with pytest.raises(ValueError, match="gradient_accumulation_steps must be an integer >= 1"):
-        training.micro_batch_size(256, 0)
+        config.micro_batch_size(256, 0)
 
 
 def test_cli_passes_the_accumulation_steps_through(tmp_path, capsys):

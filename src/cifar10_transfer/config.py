@@ -408,6 +408,20 @@ class Unfreeze:
         }[self.kind]
 
 
+def micro_batch_size(batch_size: int, gradient_accumulation_steps: int) -> int:
+    """Images per fit() step when ``gradient_accumulation_steps`` of them make one optimizer
+    update of ``batch_size`` images."""
+    steps = gradient_accumulation_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, got {steps!r}")
+    if batch_size % steps:
+        raise ValueError(
+            f"gradient_accumulation_steps={steps} must divide the batch size {batch_size} "
+            "evenly (each step feeds batch_size / gradient_accumulation_steps images)"
+        )
+    return batch_size // steps
+
+
 def check(profile: Profile) -> Profile:
     """``profile`` if every setting is in its range; else a ValueError naming the setting,
     its value and what it may be. Whether ``stage:NAME`` and the backbone exist is
@@ -438,12 +452,7 @@ def check(profile: Profile) -> Profile:
             f"train_size={profile.train_size} + val_size={profile.val_size}: together at most "
             f"{TRAIN_IMAGES} (CIFAR-10's training images)"
         )
-    if profile.batch_size % profile.gradient_accumulation_steps:
-        raise ValueError(
-            f"gradient_accumulation_steps={profile.gradient_accumulation_steps} must divide the "
-            f"batch size {profile.batch_size} evenly (fine-tuning feeds batch_size / "
-            "gradient_accumulation_steps images a step)"
-        )
+    micro_batch_size(profile.batch_size, profile.gradient_accumulation_steps)
     if profile.weight_decay and profile.optimizer == "adam":
         raise ValueError(
             f"weight_decay={profile.weight_decay:g} needs optimizer=adamw or sgd "

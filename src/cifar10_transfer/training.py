@@ -106,7 +106,7 @@ class Stage:
 
     @property
     def micro_batch_size(self) -> int:
-        return micro_batch_size(self.batch_size, self.gradient_accumulation_steps)
+        return config.micro_batch_size(self.batch_size, self.gradient_accumulation_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,20 +157,6 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 f"({' '.join(str(error).split())[:200]}); run again without --resume to start "
                 "over (that deletes it)"
             ) from None
-
-
-def micro_batch_size(batch_size: int, gradient_accumulation_steps: int) -> int:
-    """Images per fit() step when ``gradient_accumulation_steps`` of them make one optimizer
-    update of ``batch_size`` images."""
-    steps = gradient_accumulation_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, got {steps!r}")
-    if batch_size % steps:
-        raise ValueError(
-            f"gradient_accumulation_steps={steps} must divide the batch size {batch_size} "
-            "evenly (each step feeds batch_size / gradient_accumulation_steps images)"
-        )
-    return batch_size // steps
 
 
 def learning_rate_schedule(stage: Stage, steps_per_epoch: int):
@@ -586,12 +572,13 @@ def train_prerequisite(experiment: str, profile: config.Profile, out_dir=None, *
     """Fine-tuning starts from the head run beside its run folder (runs/<profile>/head, or
     ``out_dir``'s sibling): train that run first, in view, when it has no model yet (the
     CLI's ``train finetune``, notebook 04 run alone). ``options``: ``run_experiment``'s."""
-    spec = models.check_experiment(experiment, profile)  # all of it, before the head trains
+    spec = config.experiment(experiment)
     if not spec.prerequisite:
         return
     out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
     head_dir = out_dir.parent / spec.prerequisite
     if not (head_dir / "model.keras").exists():
+        models.check_experiment(experiment, profile)  # all of it, before the head trains
         print(f"no {spec.prerequisite} run in {head_dir}: training it first", flush=True)
         run_experiment(spec.prerequisite, profile, out_dir=head_dir, **options)
 

@@ -134,15 +134,14 @@ def corruption_note(results: dict) -> str:
         f"{measured['mean_ratio']:.2f}× at severity {severity}"
         for severity, measured in best["severities"].items()
     )
-    severity = max(best["severities"], key=int)
-    harshest = best["severities"][severity]["corruptions"]
-    worst, value = min(harshest.items(), key=lambda item: item[1]["accuracy"])
+    severity = max(best["severities"], key=int)  # the harshest measured
+    corruptions = best["severities"][severity]["corruptions"]
+    worst, value = min(corruptions.items(), key=lambda item: item[1]["accuracy"])
     return (
         f"{best['label']} is right on {best['clean']:.1%} of clean test images and keeps "
         f"on average {kept} of that under these corruptions; at severity {severity} it is "
         f"right on only {value['accuracy']:.1%} of {worst.replace('_', ' ')} images. For the "
-        "demo: a "
-        "sharp, well-lit photo gets about the accuracy of the tables above, a "
+        "demo: a sharp, well-lit photo gets about the accuracy of the tables above, a "
         f"{CORRUPTED_UPLOAD[worst]} one far less, however confident the demo looks."
     )
 
@@ -638,11 +637,12 @@ def profiles_markdown(results_root=None) -> str:
 
 
 def reproduce_timings(results_dir: Path) -> tuple[dict, dict]:
-    """What the ``make reproduce`` behind ``results/<profile>/`` recorded: the seconds of each
-    step (notebooks/timings.json) and its fine-tuning run's metrics (device, commit, ...).
-    OSError or ValueError when it has not run there."""
-    timings = fileio.read_json(results_dir / "notebooks" / "timings.json")["seconds"]
-    return timings, fileio.read_json(results_dir / "finetune" / "metrics.json")
+    """What the ``make reproduce`` behind ``results/<profile>/`` recorded: notebooks/
+    timings.json (``seconds`` of each step, the machine's ``machine`` reading, a ``note``) and
+    its fine-tuning run's metrics (device, commit, ...). OSError or ValueError when it has
+    not run there."""
+    recorded = fileio.read_json(results_dir / "notebooks" / "timings.json")
+    return recorded, fileio.read_json(results_dir / "finetune" / "metrics.json")
 
 
 def _short_duration(seconds: float) -> str:
@@ -667,8 +667,8 @@ def notebook_times_markdown(results_root=None) -> str:
     columns = {}
     for name, profile in config.PROFILES.items():
         try:
-            seconds, finetune = reproduce_timings(results_root / name)
-            device = finetune["device"]
+            recorded, finetune = reproduce_timings(results_root / name)
+            seconds, device = recorded["seconds"], finetune["device"]
         except (OSError, ValueError, KeyError, TypeError):
             estimate = gpu_estimate(results_root, name) if profile.needs_accelerator else None
             if estimate:
@@ -710,13 +710,9 @@ def update_document(markdown: str, marker: str, readme=None) -> Path | None:
 def quickstart_time_markdown(results_root=None) -> str:
     """How long the committed ``make reproduce`` of ``quick`` took, from its timings.json."""
     results_root = Path(results_root or config.RESULTS_DIR)
-    folder = results_root / "quick"
     try:
-        recorded = fileio.read_json(folder / "notebooks" / "timings.json")
-        timings, finetune = (
-            recorded["seconds"],
-            fileio.read_json(folder / "finetune" / "metrics.json"),
-        )
+        recorded, finetune = reproduce_timings(results_root / "quick")
+        timings = recorded["seconds"]
     except (OSError, ValueError, KeyError):
         return "`make reproduce` of the quick profile has no measured time yet."
     one_seed = sum(timings[name] for name in config.NOTEBOOKS)

@@ -223,8 +223,8 @@ def expected_time(profile: config.Profile, notebook: str) -> str:
     sentence."""
     name = profile.name
     try:
-        timings, finetune = reports.reproduce_timings(config.COMMITTED_RESULTS / name)
-        seconds, device = timings[notebook], finetune["device"]
+        recorded, finetune = reports.reproduce_timings(config.COMMITTED_RESULTS / name)
+        seconds, device = recorded["seconds"][notebook], finetune["device"]
         recipe = _recipe_note(finetune.get("profile", {}), profile)
     except (OSError, ValueError, KeyError, TypeError):
         estimate = reports.gpu_estimate(config.COMMITTED_RESULTS, name)
