@@ -81,7 +81,7 @@ PROFILE_CHANGES = {
         "baseline_epochs": 1,
         "baseline_batch_size": 50,
     },
-    "hires": {"image_size": 224, "baseline_epochs": 30},
+    "hires": {"image_size": 192, "finetune_epochs": 7, "baseline_epochs": 30},
     "full": {
         **GPU_CHANGES,
         "train_size": None,

@@ -84,6 +84,7 @@ def test_warmup_rises_linearly_then_cosine_decays_to_zero():
         ({"warmup_epochs": 1, "lr_schedule": "plateau"}, "warmup_epochs=1 needs lr_schedule"),
         ({"weight_decay": -1.0}, r"weight_decay=-1.0: expected a number in \[0, 1\]"),
         ({"weight_decay": 1e-4, "optimizer": "adam"}, "weight_decay=0.0001 needs optimizer=adamw"),
+        ({"image_size": None}, "image_size=None: expected an integer from 32 to 512"),
     ],
 )
 def test_recipe_settings_outside_their_choices_are_value_errors(settings, message):

@@ -397,7 +397,7 @@ def _fake_profile_run(results, profile, experiment, accuracy, image_size, seed=4
 def test_each_prior_result_stands_beside_our_best_run_on_its_own_setting(tmp_path):
     results = tmp_path / "results"
     _fake_profile_run(results, "quick", "baseline_cnn", 0.64, 32)
-    _fake_profile_run(results, "quick", "finetune", 0.88, 128)  # 128 px: no prior's setting
+    _fake_profile_run(results, "quick", "finetune", 0.88, 128)  # below hires' 0.90 mean
     _fake_profile_run(results, "hires", "baseline_cnn", 0.69, 32)
     _fake_profile_run(results, "hires", "head", 0.81, 224)
     for seed, accuracy in ((42, 0.89), (43, 0.91)):
@@ -412,7 +412,7 @@ def test_each_prior_result_stands_beside_our_best_run_on_its_own_setting(tmp_pat
     assert pd.isna(table.loc["Kornblith: ResNet-50 tuned, 50k"].profile)  # 50k: never run
     markdown = reports.like_with_like_markdown(table.reset_index())
     baseline_row = next(line for line in markdown.splitlines() if "baseline CNN, 10k" in line)
-    assert "69.00%: `hires`, Baseline CNN (from scratch), CPU, 1 seed" in baseline_row
+    assert "69.00%: `hires`, Baseline CNN (from scratch), 32 px, CPU, 1 seed" in baseline_row
     assert "+8.5 points: ours higher" in baseline_row
     tuned_row = next(line for line in markdown.splitlines() if "ResNet-50 tuned, 224" in line)
     assert "90.00% ± 1.41" in tuned_row and "mean of 2 seeds" in tuned_row

@@ -161,10 +161,6 @@ class Placement:
     def is_chief(self) -> bool:
         return is_chief()
 
-    def local(self, *arrays):
-        """This process's rows of each array, and its share of a global batch size."""
-        return tuple(process_slice(array) for array in arrays)
-
     def local_batch(self, batch_size: int) -> int:
         return batch_size // process_count()
 

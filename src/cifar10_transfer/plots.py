@@ -721,7 +721,8 @@ def like_with_like_bars(table: pd.DataFrame, title=None, path=None):
                       va="center", color="0.35", fontstyle="italic")  # fmt: skip
             continue
         bar = axis.barh(position + height / 2, row.accuracy, height, color=OURS_COLOR)
-        label = f"{percent(row.accuracy)}  ({row.profile}, {row.our_device})"
+        ours = f"{row.profile}, {int(row.our_image_size)} px, {row.our_device}"
+        label = f"{percent(row.accuracy)}  ({ours})"
         axis.bar_label(bar, labels=[label], padding=4)
     labels = []
     for row in table.itertuples():

@@ -110,9 +110,13 @@ def record(
     precision: str,
     device_count: int,
     extra: dict,
+    tta=None,
 ) -> dict:
-    """metrics.json of a finished run: test-set numbers, what ran, where, and on what data."""
+    """metrics.json of a finished run: test-set numbers, what ran, where, and on what data.
+    ``tta``: the test-set probabilities averaged with flipped copies (fine-tuning's)."""
     report = evaluation.evaluate_predictions(splits.y_test, probabilities, splits.class_names)
+    if tta is not None:
+        extra = {**extra, "tta_test_accuracy": evaluation.accuracy(splits.y_test, tta)}
     from_scratch = experiment.stage == "baseline"
     return {
         "experiment": experiment.name,

@@ -335,6 +335,8 @@ def fit(model, x_train, y_train, x_val, y_val, stage: Stage, job: Job, seed: int
     """
     if not model.compiled:
         raise ValueError(f"{model.name}: compile it first (training.compile_arguments)")
+    # Several machines: each trains on its own rows (one machine: all of them).
+    x_train, y_train, x_val, y_val = map(distribute.process_slice, (x_train, y_train, x_val, y_val))
     model.fit(
         **train_batches(x_train, y_train, stage, seed),
         validation_data=(x_val, one_hot(y_val)),
@@ -630,10 +632,11 @@ def check_converged(setup: Setup, history: pd.DataFrame, metrics: dict, predicte
         )
 
 
-def save_run(setup: Setup, model: keras.Model, probabilities) -> dict:
+def save_run(setup: Setup, model: keras.Model, probabilities, tta=None) -> dict:
     """Record a trained run: its history (after the head run's, for fine-tuning), test-set
-    predictions (fine-tuning: also with flipped copies) and metrics.json's dict, written with
-    the model to the run folder, and returned. A diverged run is an error, not a result."""
+    predictions (``tta``: also averaged with flipped copies, fine-tuning's) and metrics.json's
+    dict, written with the model to the run folder, and returned. A diverged run is an
+    error, not a result."""
     splits, stage, placement = setup.splits, setup.stage, setup.placement
     history = own = read_history(setup.job.out_dir, remove=True)
     history["stage"] = setup.spec.stage
@@ -641,12 +644,6 @@ def save_run(setup: Setup, model: keras.Model, probabilities) -> dict:
     if setup.spec.stage == "finetune":
         earlier = pd.read_csv(setup.prerequisite_dir / "history.csv").drop(columns=["epoch"])
         history = pd.concat([earlier, history], ignore_index=True)
-        predictor = placement.predictor(model)  # each process predicts its rows
-        with placement.scope():
-            tta = evaluation.predict_with_tta(
-                predictor, splits.x_test, batch_size=stage.batch_size, probabilities=probabilities
-            )
-        extra["tta_test_accuracy"] = evaluation.accuracy(splits.y_test, tta)
     history.insert(0, "epoch", range(1, len(history) + 1))
     metrics = runs.record(
         setup.spec,
@@ -658,6 +655,7 @@ def save_run(setup: Setup, model: keras.Model, probabilities) -> dict:
         precision=setup.precision,
         device_count=placement.device_count,
         extra=extra,
+        tta=tta,
     )
     check_converged(setup, own, metrics, probabilities.argmax(axis=1))
     if placement.is_chief:
@@ -688,8 +686,12 @@ def run_experiment(experiment: str, profile: config.Profile, data=None, **option
             trainee = model.get_layer("head")  # trains on the features, then serves in model
         # Keras reads `trainable` when compiling: compile after freezing or unfreezing.
         trainee.compile(**arguments)
-        # Several machines: each trains on its own rows (one machine: all of them).
-        x, y, x_val, y_val = placement.local(x, splits.y_train, x_val, splits.y_val)
-        fit(trainee, x, y, x_val, y_val, stage, setup.job, seed=profile.seed)
+        fit(trainee, x, splits.y_train, x_val, splits.y_val, stage, setup.job, seed=profile.seed)
         probabilities = placement.predict(trainee, x_test, stage.batch_size)
-    return save_run(setup, model, probabilities)
+        tta = None
+        if stage.name == "finetune":  # also each test image flipped (test-time augmentation)
+            predictor = placement.predictor(model)  # each process predicts its rows
+            tta = evaluation.predict_with_tta(
+                predictor, x_test, batch_size=stage.batch_size, probabilities=probabilities
+            )
+    return save_run(setup, model, probabilities, tta)
