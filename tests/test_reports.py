@@ -310,7 +310,7 @@ def test_refresh_regenerates_summaries_and_every_readme_table(tmp_path):
     profiles = text.split("<!-- profiles:start -->")[1].split("<!-- profiles:end -->")[0]
     quick = next(line for line in profiles.splitlines() if line.startswith("| `quick`"))
     assert "10.0 min (notebooks 01-05, one seed)" in quick  # extra seeds not counted
-    assert "86.72% (1 seeds)" in quick
+    assert "86.72% (1 seed)" in quick
     fast = next(line for line in profiles.splitlines() if line.startswith("| `fast`"))
     assert "not measured" in fast and "all 48,000" in fast and "sgd" in fast
 

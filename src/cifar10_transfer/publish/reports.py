@@ -615,9 +615,8 @@ def profiles_markdown(results_root=None) -> str:
             table = summary_table(folder).set_index("experiment")
             if "finetune" in table.index:
                 row = table.loc["finetune"]
-                accuracy = (
-                    f"{_mean_std(row.test_accuracy, row.test_accuracy_std)} ({row.seeds} seeds)"
-                )
+                seeds = "1 seed" if row.seeds == 1 else f"{row.seeds} seeds"
+                accuracy = f"{_mean_std(row.test_accuracy, row.test_accuracy_std)} ({seeds})"
         rows.append(
             {
                 "profile": f"`{name}`",
