@@ -8,7 +8,6 @@ preprocessing are built-in Keras layers inside the model, so a saved
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import keras
@@ -602,8 +601,6 @@ def at_image_size(model: keras.Model, profile: config.Profile, image_size: int) 
     ``image_size`` px, with the same weights: none of them depends on the input size. Testing
     at a higher resolution than training can gain accuracy when the training augmentation
     zooms in (FixRes, Touvron et al. 2019)."""
-    resized = build_transfer_model(
-        dataclasses.replace(profile, image_size=image_size, weights=None)
-    )
+    resized = build_transfer_model(config.profile(profile, image_size=image_size, weights=None))
     resized.set_weights(model.get_weights())
     return resized
