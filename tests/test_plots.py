@@ -231,6 +231,8 @@ def test_like_with_like_puts_ours_beside_each_prior_result_or_says_there_is_none
             "image_size": [prior.image_size for prior in priors],
             "profile": ["hires", None],
             "accuracy": [0.6913, np.nan],
+            "accuracy_std": [0.0091, np.nan],
+            "seeds": [3, 0],
             "our_device": ["CPU", None],
             "our_image_size": [32, None],
         }
@@ -240,8 +242,13 @@ def test_like_with_like_puts_ours_beside_each_prior_result_or_says_there_is_none
     widths = sorted(round(patch.get_width(), 4) for patch in axis.patches)
     assert widths == [0.605, 0.6913, 0.73]  # two prior bars, one of ours
     texts = [text.get_text() for text in axis.texts]  # the bar labels, and the one gap
-    ours = "69.1%  (hires, 32 px, CPU)"
+    ours = "69.1% ± 0.9, 3 seeds  (hires, 32 px, CPU)"
     assert texts == ["60.5%", "73.0%", ours, "no run of ours on this setting"]
+    (errorbars,) = [c for c in axis.containers if isinstance(c, ErrorbarContainer)]
+    (segments,) = errorbars.lines[2]  # our spread over the seeds, one bar's
+    assert np.allclose(segments.get_segments()[0][:, 0], [0.6913 - 0.0091, 0.6913 + 0.0091])
+    one_seed = plots.like_with_like_bars(table.assign(seeds=[1, 0])).axes[0]
+    assert "69.1%  (hires, 32 px, CPU)" in [text.get_text() for text in one_seed.texts]
     labels = [label.get_text() for label in axis.get_yticklabels()]
     assert labels[0].endswith("(10k images, 32 px)") and labels[1].endswith(
         "(setting not recorded)"

@@ -419,6 +419,12 @@ def test_each_prior_result_stands_beside_our_best_run_on_its_own_setting(tmp_pat
     assert "-1.0 points: prior higher" in tuned_row
     kallu = next(line for line in markdown.splitlines() if "ResNet-18 tuned" in line)
     assert "not recorded here" in kallu and "no run of ours on this setting" in kallu
+    # `cifar10-transfer tables` redraws the README's figure with the README's table
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- like-with-like:start -->\nold\n<!-- like-with-like:end -->\n")
+    done = reports.refresh_tables(results, readme)
+    assert done[-2:] == ["like-with-like", "images/like_with_like.png"]
+    assert (tmp_path / "images" / "like_with_like.png").stat().st_size > 0
 
 
 def test_the_corruption_check_measures_each_compared_model_and_writes_its_results(

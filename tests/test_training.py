@@ -171,33 +171,34 @@ def test_finetune_starts_from_the_head_run_and_keeps_bn_frozen(tmp_path):
         )
 
 
+def stage_history(loss, val_accuracy, val_loss):
+    """A stage's history: training losses ``loss``, and these validation numbers."""
+    return pd.DataFrame({"loss": loss, "val_accuracy": val_accuracy, "val_loss": val_loss})
+
+
 def test_chance_accuracy_is_a_warning_and_a_blown_up_loss_an_error(tmp_path, capsys):
     run = training.set_up(
         "two_layer_fc", config.profile("smoke", **SMALL), splits=synthetic_splits(),
         out_dir=tmp_path / "two_layer_fc",
     )  # fmt: skip
     spread, collapsed = np.arange(100) % 10, np.zeros(100, int)
-    training.check_converged(run, pd.DataFrame({"loss": [2.1]}), LEARNT, spread)
+    training.check_converged(run, stage_history([2.1], *LEARNT), spread)
     assert "warning" not in capsys.readouterr().out
-    training.check_converged(run, pd.DataFrame({"loss": [2.3]}), AT_CHANCE, spread)
+    training.check_converged(run, stage_history([2.3], *AT_CHANCE), spread)
     assert capsys.readouterr().out.startswith("warning: two_layer_fc ends at chance accuracy")
     with pytest.raises(training.TrainingDiverged, match="baseline_learning_rate="):
-        training.check_converged(run, pd.DataFrame({"loss": [2.3, np.nan]}), LEARNT, spread)
+        training.check_converged(run, stage_history([2.3, np.nan], *LEARNT), spread)
     with pytest.raises(training.TrainingDiverged, match="100% of the test images given one"):
-        training.check_converged(
-            run, pd.DataFrame({"loss": [1e6]}), {**AT_CHANCE, "test_loss": 14.5}, collapsed
-        )
+        training.check_converged(run, stage_history([1e6], AT_CHANCE[0], 14.5), collapsed)
     with pytest.raises(training.TrainingDiverged, match="final training loss 1e"):
-        training.check_converged(run, pd.DataFrame({"loss": [2.3, 1e4]}), LEARNT, spread)
+        training.check_converged(run, stage_history([2.3, 1e4], *LEARNT), spread)
     # one class at chance, but with a few times chance's loss: untrained, not diverged
-    training.check_converged(
-        run, pd.DataFrame({"loss": [11.2]}), {**AT_CHANCE, "test_loss": 9}, collapsed
-    )
+    training.check_converged(run, stage_history([11.2], AT_CHANCE[0], 9), collapsed)
     assert capsys.readouterr().out.startswith("warning: ")
 
 
-LEARNT = {"test_accuracy": 0.6, "test_loss": 1.1}
-AT_CHANCE = {"test_accuracy": 0.1, "test_loss": 2.31}
+LEARNT = (0.6, 1.1)  # the last epoch's validation accuracy and loss
+AT_CHANCE = (0.1, 2.31)
 
 
 def test_bad_experiment_and_setting_are_value_errors():

@@ -390,19 +390,19 @@ def check_experiment(experiment: str, profile: config.Profile) -> config.Experim
     ranges (``config.check``), and for a transfer model ``check_profile``'s."""
     spec = config.experiment(experiment)
     config.check(profile)
+    unfreeze = config.Unfreeze.parse(profile.unfreeze)  # its syntax checked just above
     if spec.stage != "baseline":
-        check_profile(profile, fine_tuning=spec.stage == "finetune")
+        check_profile(profile, unfreeze if spec.stage == "finetune" else None)
     return spec
 
 
-def check_profile(profile: config.Profile, fine_tuning: bool = True) -> None:
+def check_profile(profile: config.Profile, unfreeze: config.Unfreeze | None = None) -> None:
     """Raise before any training if the profile's backbone or weights file does not exist,
-    or, when ``fine_tuning``, its ``unfreeze`` stage (``config.check`` has checked the
-    ranges). A ``stage:NAME`` is looked up in the backbone's architecture, built without
-    weights."""
+    or the stage of ``unfreeze`` (fine-tuning's parsed setting; None for the head stage)
+    does not (``config.check`` has checked the ranges). A ``stage:NAME`` is looked up in
+    the backbone's architecture, built without weights."""
     _check_backbone(profile.backbone, profile.weights, profile.stochastic_depth)
-    unfreeze = config.Unfreeze.parse(profile.unfreeze)
-    if fine_tuning and unfreeze.stage:
+    if unfreeze is not None and unfreeze.stage:
         shape = (profile.image_size, profile.image_size, 3)
         backbone = application(profile.backbone)(include_top=False, weights=None, input_shape=shape)
         if not any(layer.name.startswith(unfreeze.stage) for layer in backbone.layers):

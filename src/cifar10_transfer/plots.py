@@ -705,8 +705,12 @@ def comparison_bars(
 @_styled
 def like_with_like_bars(table: pd.DataFrame, title=None, path=None):
     """Each prior result (grey) beside ours on its own setting (blue), from
-    ``reports.like_with_like``; a prior result with no run of ours on its setting says so."""
-    needed = {"prior", "prior_accuracy", "accuracy", "profile", "train_images", "image_size"}
+    ``reports.like_with_like``: our mean over its seeds, with ±1 standard deviation where
+    there are several; a prior result with no run of ours on its setting says so."""
+    needed = {
+        "prior", "prior_accuracy", "accuracy", "accuracy_std", "seeds", "profile",
+        "train_images", "image_size",
+    }  # fmt: skip
     if not needed <= set(table.columns) or table.empty:
         raise ValueError(f"table must be reports.like_with_like's, with columns {sorted(needed)}")
     rows = len(table)
@@ -715,15 +719,24 @@ def like_with_like_bars(table: pd.DataFrame, title=None, path=None):
     height = 0.38
     prior = axis.barh(positions - height / 2, table["prior_accuracy"], height, color=PRIOR_COLOR)
     axis.bar_label(prior, labels=[percent(value) for value in table["prior_accuracy"]], padding=4)
+    right = 1.18  # the x axis's end: room for the labels right of the bars
+    axis.set_xlim(0, right)
+    # Our labels start right of the error bar: its length in points, from the axis's width.
+    points = axis.get_window_extent().width * 72 / figure.dpi / right
     for position, row in zip(positions, table.itertuples(), strict=True):
         if pd.isna(row.accuracy):
             axis.text(0.01, position + height / 2, "no run of ours on this setting",
                       va="center", color="0.35", fontstyle="italic")  # fmt: skip
             continue
-        bar = axis.barh(position + height / 2, row.accuracy, height, color=OURS_COLOR)
+        spread = row.accuracy_std if row.seeds > 1 else None
+        bar = axis.barh(
+            position + height / 2, row.accuracy, height, xerr=spread, color=OURS_COLOR,
+            error_kw={"capsize": 3, "elinewidth": 1},
+        )  # fmt: skip
         ours = f"{row.profile}, {int(row.our_image_size)} px, {row.our_device}"
-        label = f"{percent(row.accuracy)}  ({ours})"
-        axis.bar_label(bar, labels=[label], padding=4)
+        seeds = f" ± {100 * spread:.1f}, {row.seeds} seeds" if spread is not None else ""
+        label = f"{percent(row.accuracy)}{seeds}  ({ours})"
+        axis.bar_label(bar, labels=[label], padding=4 + (spread or 0) * points)
     labels = []
     for row in table.itertuples():
         setting = (
@@ -734,7 +747,6 @@ def like_with_like_bars(table: pd.DataFrame, title=None, path=None):
         labels.append(f"{row.prior}\n({setting})")
     axis.set_yticks(positions, labels)
     axis.invert_yaxis()  # first prior result on top
-    axis.set_xlim(0, 1.18)  # room for the labels right of the bars
     axis.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
     axis.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     axis.set_xlabel("CIFAR-10 test accuracy")

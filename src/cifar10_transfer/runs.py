@@ -111,14 +111,18 @@ def record(
     device_count: int,
     extra: dict,
     tta=None,
+    model=None,
+    out_dir: Path | None = None,
 ) -> dict:
-    """metrics.json of a finished run: test-set numbers, what ran, where, and on what data.
-    ``tta``: the test-set probabilities averaged with flipped copies (fine-tuning's)."""
+    """metrics.json of a finished run: test-set numbers, what ran, where, and on what data;
+    with ``out_dir``, written there with ``model``, ``history`` and the test-set predictions
+    (the run folder; None on the processes that do not write it). ``tta``: the test-set
+    probabilities averaged with flipped copies (fine-tuning's)."""
     report = evaluation.evaluate_predictions(splits.y_test, probabilities, splits.class_names)
     if tta is not None:
         extra = {**extra, "tta_test_accuracy": evaluation.accuracy(splits.y_test, tta)}
     from_scratch = experiment.stage == "baseline"
-    return {
+    metrics = {
         "experiment": experiment.name,
         "test_accuracy": report["accuracy"],
         "test_loss": report["loss"],
@@ -145,16 +149,14 @@ def record(
         "class_names": list(splits.class_names),
         "profile": profile.to_dict(),
     }
-
-
-def write(out_dir: Path, model, history: pd.DataFrame, y_true, probabilities, metrics: dict):
-    """Write the four files of a finished run."""
-    with fileio.atomic_path(out_dir / "model.keras", suffix=".keras") as temporary:
-        model.save(temporary)
-    with fileio.atomic_path(out_dir / "predictions.npz") as temporary:
-        np.savez(temporary, y_true=y_true, probabilities=probabilities)
-    fileio.write_text(out_dir / "history.csv", history.to_csv(index=False))
-    fileio.write_json(out_dir / "metrics.json", metrics)
+    if out_dir is not None:  # the run folder's four files
+        with fileio.atomic_path(out_dir / "model.keras", suffix=".keras") as temporary:
+            model.save(temporary)
+        with fileio.atomic_path(out_dir / "predictions.npz") as temporary:
+            np.savez(temporary, y_true=splits.y_test, probabilities=probabilities)
+        fileio.write_text(out_dir / "history.csv", history.to_csv(index=False))
+        fileio.write_json(out_dir / "metrics.json", metrics)
+    return metrics
 
 
 MAX_TEST_IMAGES = 10_000  # CIFAR-10's test set: the most rows a predictions.npz may hold

@@ -551,7 +551,6 @@ def set_up(
     set_seed(profile.seed)
     precision = hardware.configure_precision(profile.precision)
     splits = datasets.load_splits(profile, data) if splits is None else splits
-    placement.check_splits(splits)
     job = Job(placement.work_dir(out_dir), resume, tuple(callbacks))
     setup = Setup(
         spec=spec,
@@ -566,6 +565,7 @@ def set_up(
     )
     if spec.prerequisite:  # fine-tuning: the head run it starts from (train_prerequisite)
         check_prerequisite(setup.prerequisite_dir, profile, splits)
+    placement.check_splits(splits)
     runs.prepare(job.out_dir, resume)
     return setup
 
@@ -599,35 +599,37 @@ class TrainingDiverged(ValueError):
 
 # The cross-entropy of a uniform guess over the ten classes (ln 10). A diverged run ends far
 # above it: a training loss beyond BLOWN_UP x it, or a model collapsed onto one class (at
-# least COLLAPSED_SHARE of the test images) with a test loss beyond COLLAPSED_LOSS x it. An
-# untrained model (a smoke run) also sits near chance, but with losses of a few times it.
+# least COLLAPSED_SHARE of the test images) with a validation loss beyond COLLAPSED_LOSS x it.
+# An untrained model (a smoke run) also sits near chance, but with losses of a few times it.
 CHANCE_LOSS = float(np.log(config.NUM_CLASSES))
 BLOWN_UP = 100
 COLLAPSED_SHARE = 0.9
 COLLAPSED_LOSS = 5
 
 
-def check_converged(setup: Setup, history: pd.DataFrame, metrics: dict, predicted) -> None:
+def check_converged(setup: Setup, history: pd.DataFrame, predicted) -> None:
     """TrainingDiverged for a non-finite training loss (TerminateOnNaN stopped the run), one
-    that blew up, or a model collapsed onto one class, confidently, at chance accuracy; a
-    warning line for chance accuracy alone (a smoke run's few images, or far too few epochs)."""
+    that blew up, or a model collapsed onto one class (``predicted``: the test images'
+    classes), confidently, at chance validation accuracy; a warning line for chance accuracy
+    alone (a smoke run's few images, or far too few epochs). Judged on the stage's last
+    epoch in ``history``, before anything is recorded: the test set is only scored."""
     setting = f"{setup.spec.stage}_learning_rate"  # baseline_, head_ or finetune_learning_rate
-    accuracy, loss = metrics["test_accuracy"], metrics["test_loss"]
+    last = history.iloc[-1]
+    accuracy, loss, final = last["val_accuracy"], last["val_loss"], last["loss"]
     at_chance = accuracy < 2 / config.NUM_CLASSES
     share = np.bincount(predicted, minlength=config.NUM_CLASSES).max() / len(predicted)
-    final = history["loss"].iloc[-1]
     collapsed = at_chance and share >= COLLAPSED_SHARE and loss > COLLAPSED_LOSS * CHANCE_LOSS
     if not np.isfinite(history["loss"]).all() or final > BLOWN_UP * CHANCE_LOSS or collapsed:
         raise TrainingDiverged(
-            f"{setup.spec.name} diverged (test accuracy {accuracy:.1%}, loss {loss:.3g}, "
-            f"{share:.0%} of the test images given one class; final training loss "
-            f"{final:.3g}): {setting}={getattr(setup.profile, setting)} is "
-            "too high for it; lower it. Not recorded"
+            f"{setup.spec.name} diverged (validation accuracy {accuracy:.1%}, loss "
+            f"{loss:.3g}, {share:.0%} of the test images given one class; final training "
+            f"loss {final:.3g}): {setting}={getattr(setup.profile, setting)} is too high "
+            "for it; lower it. Not recorded"
         )
     if at_chance:
         print(
-            f"warning: {setup.spec.name} ends at chance accuracy ({accuracy:.1%}, loss "
-            f"{loss:.3g}): it learnt nothing; check {setting} and the epochs",
+            f"warning: {setup.spec.name} ends at chance accuracy (validation {accuracy:.1%}, "
+            f"loss {loss:.3g}): it learnt nothing; check {setting} and the epochs",
             flush=True,
         )
 
@@ -639,6 +641,7 @@ def save_run(setup: Setup, model: keras.Model, probabilities, tta=None) -> dict:
     error, not a result."""
     splits, stage, placement = setup.splits, setup.stage, setup.placement
     history = own = read_history(setup.job.out_dir, remove=True)
+    check_converged(setup, own, probabilities.argmax(axis=1))
     history["stage"] = setup.spec.stage
     extra = {"batch_size": stage.batch_size}  # a baseline's is baseline_batch_size
     if setup.spec.stage == "finetune":
@@ -656,10 +659,9 @@ def save_run(setup: Setup, model: keras.Model, probabilities, tta=None) -> dict:
         device_count=placement.device_count,
         extra=extra,
         tta=tta,
+        model=model,
+        out_dir=setup.out_dir if placement.is_chief else None,  # written once
     )
-    check_converged(setup, own, metrics, probabilities.argmax(axis=1))
-    if placement.is_chief:
-        runs.write(setup.out_dir, model, history, splits.y_test, probabilities, metrics)
     placement.finish(setup.job.out_dir)
     return metrics
 

@@ -336,6 +336,11 @@ def _same_setting(row, prior: config.PriorResult) -> bool:
     )
 
 
+# The README's like-with-like figure, beside its table (notebook 05 draws each run's own
+# in images/<profile>/).
+LIKE_WITH_LIKE_FIGURE = Path("images") / "like_with_like.png"
+
+
 def like_with_like(results_roots=None) -> pd.DataFrame:
     """Each of ``config.PRIOR_RESULTS`` beside our best result on its own setting
     (``_same_setting``) among the profiles with published runs in ``results_roots`` (default:
@@ -773,6 +778,11 @@ def refresh_tables(results_root=None, readme=None) -> list[str]:
         if f"<!-- {marker}:start -->" in text:
             update_document(markdown(), marker, readme)
             done.append(marker)
+    if "like-with-like" in done:  # the README's figure shows the table's numbers
+        table = like_with_like([results_root])
+        if table["profile"].notna().any():
+            plots.like_with_like_bars(table, path=readme.parent / LIKE_WITH_LIKE_FIGURE)
+            done.append(LIKE_WITH_LIKE_FIGURE.as_posix())
     return done
 
 
