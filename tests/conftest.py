@@ -24,6 +24,12 @@ def require_real_data() -> Path:
     pytest.skip(message)
 
 
+@pytest.fixture(autouse=True)
+def figures_in_tmp(tmp_path, monkeypatch):
+    """A figure drawn without a path goes to config.IMAGES_DIR: in tests, not the repo's."""
+    monkeypatch.setattr(config, "IMAGES_DIR", tmp_path / "images")
+
+
 @pytest.fixture(scope="session")
 def real_data_path() -> Path:
     return require_real_data()

@@ -64,12 +64,25 @@ def test_stage_callbacks_run_reduce_lr_on_plateau_with_the_plateau_schedule(tmp_
     names = [
         type(c).__name__ for c in training.stage_callbacks(training.Stage("finetune"), tmp_path)
     ]
-    assert names[:2] == ["TerminateOnNaN", "AtomicBackupAndRestore"] and names[-1] == "CSVLogger"
+    assert names[0] == "TerminateOnNaN"
+    # an epoch's history row is written before its backup, the backup before the EMA swap
+    assert names[names.index("CSVLogger") + 1] == "AtomicBackupAndRestore"
     assert "ReduceLROnPlateau" not in names  # a constant rate stays constant
     plateau = training.Stage.of(config.profile("quick"), "finetune")
     assert plateau.schedule == "plateau"  # the default
     names = [type(c).__name__ for c in training.stage_callbacks(plateau, tmp_path)]
     assert "ReduceLROnPlateau" in names and ("SwapEMAWeights" in names) == plateau.use_ema
+    assert names.index("ReduceLROnPlateau") < names.index("LearningRateLogger")
+    assert names.index("AtomicBackupAndRestore") < names.index("SwapEMAWeights")
+
+
+def test_an_epoch_run_again_after_a_resume_keeps_its_last_row(tmp_path):
+    # stopped after epoch 1's row but before its backup: the resumed run repeats epoch 1
+    (tmp_path / training.HISTORY_PART).write_text(
+        "epoch,loss,val_accuracy\n0,2.0,0.3\n1,1.5,0.4\n1,1.4,0.45\n2,1.2,0.5\n"
+    )
+    history = training.read_history(tmp_path)
+    assert list(history["loss"]) == [2.0, 1.4, 1.2]
 
 
 def test_fit_refuses_a_model_that_was_not_compiled(tmp_path):

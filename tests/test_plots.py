@@ -247,7 +247,8 @@ def test_like_with_like_puts_ours_beside_each_prior_result_or_says_there_is_none
     (errorbars,) = [c for c in axis.containers if isinstance(c, ErrorbarContainer)]
     (segments,) = errorbars.lines[2]  # our spread over the seeds, one bar's
     assert np.allclose(segments.get_segments()[0][:, 0], [0.6913 - 0.0091, 0.6913 + 0.0091])
-    one_seed = plots.like_with_like_bars(table.assign(seeds=[1, 0])).axes[0]
+    one_seed = plots.like_with_like_bars(table.assign(seeds=[1, 0]), path=tmp_path / "1.png")
+    one_seed = one_seed.axes[0]
     assert "69.1%  (hires, 32 px, CPU)" in [text.get_text() for text in one_seed.texts]
     labels = [label.get_text() for label in axis.get_yticklabels()]
     assert labels[0].endswith("(10k images, 32 px)") and labels[1].endswith(
