@@ -1,4 +1,5 @@
-"""The command line's own options: --version, --profile auto, the examples in --help."""
+"""The command line's own options: --version, --profile auto, the examples in --help, and
+``check``, which refuses what training would before any work."""
 
 import argparse
 
@@ -26,3 +27,36 @@ def test_profile_auto_picks_as_the_notebooks_do(gpu, expected, monkeypatch, caps
     assert cli._profile_name(arguments) == expected
     assert capsys.readouterr().err.startswith(f"profile {expected!r} (auto: ")
     assert cli._profile_name(argparse.Namespace(profile="smoke")) == "smoke"
+
+
+def test_check_passes_a_profile_training_accepts(capsys):
+    assert cli.main(["check", "--profile", "smoke", "--unfreeze", "stage:block6"]) == 0
+    assert capsys.readouterr().out == (
+        "profile 'smoke': settings checked for baseline_cnn, two_layer_fc, three_layer_cnn, "
+        "head, finetune\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("--backbone=efficientnet_lite9", "backbone must be one of"),
+        ("--backbone=resnet5O", "a keras.applications model name"),
+        ("--weights=missing.weights.h5", "weights file 'missing.weights.h5' does not exist"),
+        ("--unfreeze=stage:block9", "no layer of efficientnet_lite0 starts with 'block9'"),
+        ("--set=head_epochs=0", "head_epochs=0: expected an integer"),
+    ],
+)
+def test_check_refuses_in_one_line_what_training_would(argument, message, tmp_path, capsys):
+    assert cli.main(["check", "--profile", "smoke", argument]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_check_refuses_a_gpu_profile_on_a_cpu_unless_allowed(monkeypatch, capsys):
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
+    assert cli.main(["check", "--profile", "paper"]) == 2
+    assert "profile 'paper' needs a GPU" in capsys.readouterr().err
+    assert cli.main(["check", "--profile", "paper", "--allow-cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("warning: profile 'paper' needs a GPU") and "settings checked" in out

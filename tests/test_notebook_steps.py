@@ -260,12 +260,15 @@ def test_make_reproduce_of_a_cpu_profile_does_not_start_tensorflow_in_its_own_pr
     # TF_CPP_MIN_LOG_LEVEL cannot silence) would sit between the progress lines.
     code = (
         "import sys\n"
-        "from cifar10_transfer import cli, config, hardware\n"
+        "from cifar10_transfer import cli, config\n"
         "from cifar10_transfer.publish import reports, reproduce\n"
-        "hardware.check_accelerator(config.check(config.profile('quick')))\n"
+        "config.check(config.profile('quick'))\n"
+        "reproduce.check_settings('quick', {'image_size': 64, 'weights': None})  # in a child\n"
         "reports.notebook_times_markdown()\n"
         "print(sorted({'keras', 'tensorflow'} & set(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]" and "oneDNN" not in done.stderr
+    checked, modules = done.stdout.splitlines()
+    assert checked.startswith("profile 'quick': settings checked") and modules == "[]"
+    assert "oneDNN" not in done.stderr

@@ -133,8 +133,10 @@ def test_reproduce_hands_the_notebooks_the_profile_name_and_its_overrides(tmp_pa
         started.update(parameters=parameters, output_dir=output_dir)
         raise NotebooksStarted
 
+    checked = []
     monkeypatch.setattr(reproduce, "run_notebooks", run_notebooks)
     monkeypatch.setattr(reproduce, "machine_reading", lambda folder: None)  # 30 s, measured
+    monkeypatch.setattr(reproduce, "check_settings", lambda *arguments: checked.append(arguments))
     monkeypatch.setattr(config, "RESULTS_DIR", tmp_path / "results")  # elsewhere
     monkeypatch.chdir(tmp_path)
     overrides = {"weights": "local.h5", "seed": 43, "train_size": None}
@@ -148,6 +150,7 @@ def test_reproduce_hands_the_notebooks_the_profile_name_and_its_overrides(tmp_pa
         "devices": "all",
     }
     assert started["output_dir"] == config.RESULTS_DIR / "smoke" / "notebooks"
+    assert checked == [("smoke", started["parameters"]["overrides"])]  # what the notebooks get
     assert overrides["weights"] == "local.h5"  # the caller's dict is left as it was
 
 
@@ -158,6 +161,9 @@ def test_reproduce_refuses_an_unknown_setting_before_any_notebook(monkeypatch):
     monkeypatch.setattr(reproduce, "run_notebooks", run_notebooks)
     with pytest.raises(ValueError, match="unknown profile setting"):
         reproduce.reproduce("smoke", {"epochz": 3})
+    # What only Keras can check (notebook 03 would meet it after 02's training) fails here too.
+    with pytest.raises(ValueError, match="profile 'smoke': unfreeze='stage:block9': no layer"):
+        reproduce.reproduce("smoke", {"unfreeze": "stage:block9"})
 
 
 def test_executed_notebooks_keep_no_machine_folders(tmp_path, monkeypatch):

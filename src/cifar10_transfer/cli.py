@@ -239,6 +239,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from cifar10_transfer import hardware, models
+
+    profile = config.profile(_profile_name(args), **_overrides(args))
+    for experiment in config.EXPERIMENTS:  # ranges, backbone, weights file, unfreeze stage
+        models.check_experiment(experiment, profile)
+    hardware.check_accelerator(profile)  # a GPU profile on a CPU: refused, or a warning
+    print(f"profile {profile.name!r}: settings checked for {', '.join(config.EXPERIMENTS)}")
+    return 0
+
+
 def cmd_tables(args: argparse.Namespace) -> int:
     from cifar10_transfer.publish import reports
 
@@ -249,6 +260,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 EXAMPLES = """examples:
   cifar10-transfer data-info --data path/to/cifar-10-python.tar.gz
+  cifar10-transfer check --profile hires --backbone resnet50   # settings only, no training
   cifar10-transfer train baseline_cnn --profile quick
   cifar10-transfer train head --profile auto --set head_epochs=5
   cifar10-transfer train finetune --resume            # after Ctrl-C: from its last epoch
@@ -293,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
         "set (several machines, see README) 'all'",
     )
     train.set_defaults(handler=cmd_train, backend=True)
+
+    check = commands.add_parser(
+        "check",
+        help="check a profile's settings as training would (ranges, the backbone, a weights "
+        "file, the unfreeze stage, a GPU profile on a CPU), without loading data or training",
+    )
+    _add_profile_options(check)
+    check.set_defaults(handler=cmd_check, backend=True)
 
     evaluate = commands.add_parser("evaluate", help="test-set metrics of a saved model.keras")
     evaluate.add_argument("model", help="path to model.keras (or a run folder holding one)")

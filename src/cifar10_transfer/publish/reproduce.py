@@ -306,6 +306,22 @@ def machine_reading(notebooks_dir: Path) -> dict | None:
     }
 
 
+def check_settings(profile_name: str, overrides: dict) -> None:
+    """A ValueError, before any notebook, for a setting the notebooks would refuse only once
+    they reach it: a misspelt backbone, a missing weights file, an unknown ``unfreeze`` stage,
+    a GPU profile on a CPU. ``cifar10-transfer check`` runs the training's own checks in a
+    process of its own: they need Keras, which this process does not start (the kernels
+    train); a warning it prints (``allow_cpu``) is passed on."""
+    command = [sys.executable, "-m", "cifar10_transfer", "check", "--profile", profile_name]
+    for name, value in overrides.items():
+        command += ["--set", f"{name}={'none' if value is None else value}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise ValueError(f"profile {profile_name!r}: {lines[-1].removeprefix('error: ')}")
+    print(done.stdout, end="", flush=True)
+
+
 def reproduce(
     profile_name: str = "quick",
     overrides: dict | None = None,
@@ -319,17 +335,14 @@ def reproduce(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     overrides = dict(overrides or {})
-    # Unknown settings and values out of range fail here, before notebook 01.
+    # Unknown settings and values of the wrong type or out of range fail here at once.
     profile = config.check(config.profile(profile_name, **overrides))
-    # A GPU profile on a CPU stops here, before notebook 01, not in notebook 02.
-    from cifar10_transfer import hardware
-
-    hardware.check_accelerator(profile)
     # Notebooks run in notebooks/, not the caller's folder.
     if data is not None:
         data = str(Path(data).resolve())
     if overrides.get("weights") not in (None, "imagenet"):
         overrides["weights"] = str(Path(overrides["weights"]).resolve())
+    check_settings(profile_name, overrides)  # before notebook 01, not in 03 after 02's training
     parameters = {
         "profile_name": profile_name,
         "overrides": overrides,
