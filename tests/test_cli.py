@@ -47,7 +47,7 @@ def test_check_passes_a_profile_training_accepts(capsys):
         ("--set=head_epochs=0", "head_epochs=0: expected an integer"),
     ],
 )
-def test_check_refuses_in_one_line_what_training_would(argument, message, tmp_path, capsys):
+def test_check_refuses_in_one_line_what_training_would(argument, message, capsys):
     assert cli.main(["check", "--profile", "smoke", argument]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
