@@ -27,7 +27,7 @@ from cifar10_transfer import config, hardware, models, runs, training
 def build_unfrozen_model(profile: config.Profile, train_bn: bool = False):
     """The transfer model of ``profile``, every layer training (BatchNorm if ``train_bn``)."""
     model = models.build_transfer_model(profile)
-    models.set_trainable(model, "all", train_bn=train_bn)
+    models.set_trainable(model, config.Unfreeze.parse("all"), train_bn=train_bn)
     return model
 
 

@@ -131,7 +131,7 @@ recipe = models.build_transfer_model(
     config.profile("smoke", weights=None, train_bn=True, stochastic_depth=0.2)
 )
 recipe.name = "recipe_transfer"
-models.set_trainable(recipe, "all", train_bn=True)
+models.set_trainable(recipe, config.Unfreeze.parse("all"), train_bn=True)
 for model in (models.build_transfer_model(config.profile("smoke", weights=None)),
               models.baseline_cnn(augment=True, seed=0), recipe):
     # jit_compile="auto", as in training
@@ -262,9 +262,9 @@ def test_freezing_strategies_set_the_expected_trainable_weights():
     backbone = model.get_layer("backbone")
     head_weights = len(model.get_layer("head").trainable_weights)
 
-    assert models.set_trainable(model, "head") == head_weights
+    assert models.set_trainable(model, config.Unfreeze.parse("head")) == head_weights
 
-    total = models.set_trainable(model, "all")
+    total = models.set_trainable(model, config.Unfreeze.parse("all"))
     non_bn = [
         layer for layer in backbone.layers if not isinstance(layer, keras.layers.BatchNormalization)
     ]
@@ -275,11 +275,11 @@ def test_freezing_strategies_set_the_expected_trainable_weights():
         if isinstance(layer, keras.layers.BatchNormalization)
     )
 
-    models.set_trainable(model, "stage:conv5")
+    models.set_trainable(model, config.Unfreeze.parse("stage:conv5"))
     trainable_names = {layer.name for layer in backbone.layers if layer.trainable_weights}
     assert trainable_names and all(name.startswith("conv5") for name in trainable_names)
 
-    models.set_trainable(model, "top:10")
+    models.set_trainable(model, config.Unfreeze.parse("top:10"))
     top = backbone.layers[-10:]
     expected = sum(
         len(layer.weights)
@@ -288,20 +288,27 @@ def test_freezing_strategies_set_the_expected_trainable_weights():
     )
     assert _trainable_backbone_weights(model) == expected
 
-    with_bn = models.set_trainable(model, "all", train_bn=True)
+    with_bn = models.set_trainable(model, config.Unfreeze.parse("all"), train_bn=True)
     assert with_bn == head_weights + len(backbone.weights) - len(backbone.non_trainable_weights)
 
 
-@pytest.mark.parametrize("unfreeze", ["top:0", "top:x", "stage:conv9", "middle"])
-def test_bad_unfreeze_setting_is_a_value_error(unfreeze):
+@pytest.mark.parametrize("unfreeze", ["top:0", "top:x", "stage:", "middle"])
+def test_bad_unfreeze_syntax_is_a_value_error(unfreeze):
     with pytest.raises(ValueError, match="unfreeze"):
-        models.set_trainable(_small_transfer(), unfreeze)
+        config.Unfreeze.parse(unfreeze)
+
+
+def test_unknown_unfreeze_stage_or_an_unparsed_setting_is_a_value_error():
+    with pytest.raises(ValueError, match="unfreeze stage 'conv9' matches no layer"):
+        models.set_trainable(_small_transfer(), config.Unfreeze.parse("stage:conv9"))
+    with pytest.raises(ValueError, match=r"config.Unfreeze.parse\('all'\)"):
+        models.set_trainable(_small_transfer(), "all")
 
 
 def test_batchnorm_statistics_stay_fixed_while_fine_tuning():
     keras.utils.set_random_seed(0)
     model = _small_transfer(augment=False)
-    models.set_trainable(model, "all")
+    models.set_trainable(model, config.Unfreeze.parse("all"))
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     bn_layers = [
         layer

@@ -49,7 +49,7 @@ def test_head_stage_freezes_the_backbone_and_fine_tuning_unfreezes_from_the_prof
 
     setup = training.set_up("finetune", profile, splits=splits)
     model = training.load_head_model(setup)  # the head run just written
-    models.set_trainable(model, profile.unfreeze, train_bn=profile.train_bn)
+    models.set_trainable(model, setup.unfreeze, train_bn=profile.train_bn)
     after = models.trainable_table(model)
     assert after.loc[after["part"] == "backbone conv5", "trains"].item() == "part"  # BN frozen
     assert after.loc[after["part"] == "backbone conv1", "trains"].item() == "no"

@@ -170,7 +170,7 @@ def moving_means(model) -> dict:
 
 def finetune_all(model, train_bn: bool, tmp_path):
     images, labels = tiny_data(16)
-    models.set_trainable(model, "all", train_bn=train_bn)
+    models.set_trainable(model, config.Unfreeze.parse("all"), train_bn=train_bn)
     stage = finetune_stage(learning_rate=1e-3)
     model.compile(**training.compile_arguments(stage, training.steps_per_epoch(len(images), stage)))
     training.fit(model, images, labels, images[:8], labels[:8], stage, training.Job(tmp_path))

@@ -385,15 +385,18 @@ def application(backbone: str, stochastic_depth: float = 0.0):
     return build
 
 
-def check_experiment(experiment: str, profile: config.Profile) -> config.Experiment:
-    """``experiment``'s spec once every setting it uses is checked, before any work: the
-    ranges (``config.check``), and for a transfer model ``check_profile``'s."""
+def check_experiment(
+    experiment: str, profile: config.Profile
+) -> tuple[config.Experiment, config.Unfreeze]:
+    """``experiment``'s spec and the profile's ``unfreeze`` parsed, once every setting the
+    experiment uses is checked, before any work: the ranges (``config.check``), and for a
+    transfer model ``check_profile``'s. Fine-tuning uses this parse (``Setup.unfreeze``)."""
     spec = config.experiment(experiment)
     config.check(profile)
     unfreeze = config.Unfreeze.parse(profile.unfreeze)  # its syntax checked just above
     if spec.stage != "baseline":
         check_profile(profile, unfreeze if spec.stage == "finetune" else None)
-    return spec
+    return spec, unfreeze
 
 
 def check_profile(profile: config.Profile, unfreeze: config.Unfreeze | None = None) -> None:
@@ -515,21 +518,28 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 # ---------------------------------------------------------------- freezing
 
 
-def layers_to_train(backbone: keras.Model, unfreeze: str, train_bn: bool = False) -> set[str]:
-    """The names of the backbone layers that fine-tuning trains (``config.Unfreeze``).
+def layers_to_train(
+    backbone: keras.Model, unfreeze: config.Unfreeze, train_bn: bool = False
+) -> set[str]:
+    """The names of the backbone layers that fine-tuning trains, by ``unfreeze`` (the
+    setting parsed: ``setup.unfreeze``, or ``config.Unfreeze.parse("stage:block4")``).
     BatchNormalization layers stay frozen (in inference mode) unless ``train_bn``."""
-    parsed = config.Unfreeze.parse(unfreeze)
+    if not isinstance(unfreeze, config.Unfreeze):
+        raise ValueError(
+            f"unfreeze must be a parsed setting, config.Unfreeze.parse({unfreeze!r}); "
+            f"got {type(unfreeze).__name__}"
+        )
     backbone_layers = backbone.layers
-    if parsed.kind == "head":
+    if unfreeze.kind == "head":
         return set()
     first = 0  # "all"
-    if parsed.kind == "top":
-        first = max(len(backbone_layers) - parsed.top, 0)
-    elif parsed.kind == "stage":
+    if unfreeze.kind == "top":
+        first = max(len(backbone_layers) - unfreeze.top, 0)
+    elif unfreeze.kind == "stage":
         names = [layer.name for layer in backbone_layers]
-        matches = [i for i, name in enumerate(names) if name.startswith(parsed.stage)]
+        matches = [i for i, name in enumerate(names) if name.startswith(unfreeze.stage)]
         if not matches:
-            raise ValueError(f"unfreeze stage {parsed.stage!r} matches no layer of the backbone")
+            raise ValueError(f"unfreeze stage {unfreeze.stage!r} matches no layer of the backbone")
         first = matches[0]
     return {
         layer.name
@@ -538,7 +548,7 @@ def layers_to_train(backbone: keras.Model, unfreeze: str, train_bn: bool = False
     }
 
 
-def set_trainable(model: keras.Model, unfreeze: str, train_bn: bool = False) -> int:
+def set_trainable(model: keras.Model, unfreeze: config.Unfreeze, train_bn: bool = False) -> int:
     """Train the backbone layers ``layers_to_train`` picks (none for "head": the backbone
     frozen); return the number of trainable weights of ``model``. Recompile the model
     afterwards: Keras reads ``trainable`` when compiling."""

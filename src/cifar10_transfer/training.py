@@ -499,6 +499,7 @@ class Setup:
     worker's own folder; ``out_dir`` is the run folder)."""
 
     spec: config.Experiment
+    unfreeze: config.Unfreeze
     profile: config.Profile
     stage: Stage
     splits: object
@@ -527,7 +528,7 @@ def set_up(
     set the seed and precision, load the data (``splits``: already loaded) and make the run
     folder (default runs/<profile>/<experiment>). ``callbacks``: extra Keras callbacks."""
     out_dir = Path(out_dir) if out_dir else runs.run_dir(profile.name, experiment)
-    spec = models.check_experiment(experiment, profile)
+    spec, unfreeze = models.check_experiment(experiment, profile)
     stage = Stage.of(profile, spec.stage)
     started = time.perf_counter()
     # First: on several machines this joins the cluster, which must precede any JAX device
@@ -558,6 +559,7 @@ def set_up(
     job = Job(placement.work_dir(out_dir), resume, tuple(callbacks))
     setup = Setup(
         spec=spec,
+        unfreeze=unfreeze,
         profile=profile,
         stage=stage,
         splits=splits,
@@ -681,7 +683,7 @@ def run_experiment(experiment: str, profile: config.Profile, data=None, **option
     with placement.scope():
         if stage.name == "finetune":
             model = load_head_model(setup)
-            models.set_trainable(model, profile.unfreeze, train_bn=profile.train_bn)
+            models.set_trainable(model, setup.unfreeze, train_bn=profile.train_bn)
         else:
             model = models.build(setup.spec, profile)
         arguments = compile_arguments(stage, steps_per_epoch(len(x), stage))
