@@ -81,7 +81,12 @@ PROFILE_CHANGES = {
         "baseline_epochs": 1,
         "baseline_batch_size": 50,
     },
-    "hires": {"image_size": 192, "finetune_epochs": 7, "baseline_epochs": 30},
+    "hires": {
+        "image_size": 192,
+        "finetune_epochs": 7,
+        "finetune_learning_rate": 1.5e-4,
+        "baseline_epochs": 30,
+    },
     "full": {
         **GPU_CHANGES,
         "train_size": None,

@@ -161,7 +161,7 @@ def test_expect_lines_cite_the_committed_results_of_this_recipe_or_say_they_are_
         profile = config.profile(name)
         line = reproduce.expected_result(profile, "finetune")
         assert f"{100 * row['test_accuracy']:.2f}%" in line and str(row["git_commit"]) in line
-        same = not reproduce.recipe_differences(recorded, profile)
+        same = not reports.recipe_differences(recorded, profile)
         assert line.startswith("expect about") == same, line
         other = reproduce.expected_result(config.profile(name, finetune_epochs=99), "finetune")
         assert other.startswith("the committed result comes from another recipe")

@@ -454,3 +454,19 @@ def test_the_corruption_check_measures_each_compared_model_and_writes_its_result
         assert list(entry["severities"]) == [str(s) for s in reports.CORRUPTION_SEVERITIES]
     assert measured["models"]["head"]["label"] == runs.experiment_label({"experiment": "head"})
     assert measured["profile"] == "smoke" and measured["data"] == "memory"
+
+
+@pytest.mark.parametrize("earlier", [False, True])  # the profile's own recipe, or another
+def test_the_profiles_table_marks_results_of_an_earlier_recipe(tmp_path, earlier):
+    results = tmp_path / "results"
+    _fake_profile_run(results, "hires", "finetune", 0.90, 192)
+    hires = config.PROFILES["hires"]
+    epochs = hires.finetune_epochs + 2 if earlier else hires.finetune_epochs
+    path = results / "hires" / "finetune" / "metrics.json"
+    recipe = config.profile(hires, finetune_epochs=epochs).to_dict()
+    fileio.write_json(path, {**fileio.read_json(path), "profile": recipe})
+    table = reports.profiles_markdown(results).splitlines()
+    row = next(line for line in table if "`hires`" in line)
+    assert "90.00% (1 seed" in row
+    note = f"an earlier recipe: finetune_epochs={epochs}→{hires.finetune_epochs}"
+    assert (note in row) == earlier, row

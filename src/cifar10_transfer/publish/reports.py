@@ -252,6 +252,21 @@ def error_figures(
 SEEDS_DIR = "seeds"  # results/<profile>/seeds/<seed>/<experiment>/: runs of the extra seeds
 
 
+# Settings that do not change what a run computes, left out when recipes are compared.
+NOT_RECIPE = ("seed", "allow_cpu", "needs_accelerator")
+
+
+def recipe_differences(recorded: dict, profile: config.Profile) -> list[str]:
+    """The settings in which a run's recorded profile (metrics.json's "profile") differs from
+    ``profile``, as "name=there→here" strings; the seed aside."""
+    wanted = profile.to_dict()
+    return [
+        f"{name}={recorded.get(name)!r}→{value!r}"
+        for name, value in wanted.items()
+        if name not in NOT_RECIPE and recorded.get(name) != value
+    ]
+
+
 def published_metrics(results_dir: str | os.PathLike) -> list[dict]:
     """metrics.json of every run published under ``results_dir``: ``<experiment>/`` (the
     notebooks' seed) and ``seeds/<seed>/<experiment>/`` (``make reproduce SEEDS=N``)."""
@@ -611,17 +626,24 @@ def profiles_markdown(results_root=None) -> str:
     for name, profile in config.PROFILES.items():
         folder = results_root / name
         timings = folder / "notebooks" / "timings.json"
+        finetune = folder / "finetune" / "metrics.json"
         measured_time, accuracy = "not measured", "not measured"
+        # Results of an earlier recipe than the profile's say so, and how it differed.
+        recorded = fileio.read_json(finetune).get("profile") if finetune.exists() else None
+        differences = recipe_differences(recorded, profile) if recorded else []
+        earlier = f"; an earlier recipe: {', '.join(differences)}" if differences else ""
         if timings.exists():
             seconds = fileio.read_json(timings)["seconds"]
             one_seed = sum(value for key, value in seconds.items() if key.endswith(".ipynb"))
-            measured_time = f"{one_seed / 60:.1f} min (notebooks 01-05, one seed)"
+            run = "one seed; an earlier recipe" if differences else "one seed"
+            measured_time = f"{one_seed / 60:.1f} min (notebooks 01-05, {run})"
         if published_metrics(folder):
             table = summary_table(folder).set_index("experiment")
             if "finetune" in table.index:
                 row = table.loc["finetune"]
                 seeds = "1 seed" if row.seeds == 1 else f"{row.seeds} seeds"
-                accuracy = f"{_mean_std(row.test_accuracy, row.test_accuracy_std)} ({seeds})"
+                mean = _mean_std(row.test_accuracy, row.test_accuracy_std)
+                accuracy = f"{mean} ({seeds}{earlier})"
         rows.append(
             {
                 "profile": f"`{name}`",

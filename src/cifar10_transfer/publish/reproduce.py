@@ -163,7 +163,7 @@ def drop_other_recipes(profile: config.Profile) -> None:
     ``profile`` (any setting but the seed differs): they must not mix into its table."""
     for folder in sorted((config.RESULTS_DIR / profile.name / reports.SEEDS_DIR).glob("*")):
         recipes = [fileio.read_json(path)["profile"] for path in folder.glob("*/metrics.json")]
-        if any(recipe_differences(recipe, profile) for recipe in recipes):
+        if any(reports.recipe_differences(recipe, profile) for recipe in recipes):
             print(f"dropping {folder} (another recipe than this one)", flush=True)
             shutil.rmtree(folder)
 
@@ -195,23 +195,8 @@ def find_results(profile: config.Profile, data=None, devices=None) -> tuple[Path
     return results, f"runs trained just now by this notebook, in {results}"
 
 
-# Settings that do not change what a run computes, left out when recipes are compared.
-NOT_RECIPE = ("seed", "allow_cpu", "needs_accelerator")
-
-
-def recipe_differences(recorded: dict, profile: config.Profile) -> list[str]:
-    """The settings in which a run's recorded profile (metrics.json's "profile") differs from
-    ``profile``, as "name=there→here" strings; the seed aside."""
-    wanted = profile.to_dict()
-    return [
-        f"{name}={recorded.get(name)!r}→{value!r}"
-        for name, value in wanted.items()
-        if name not in NOT_RECIPE and recorded.get(name) != value
-    ]
-
-
 def _recipe_note(recorded: dict, profile: config.Profile) -> str:
-    differences = recipe_differences(recorded, profile)
+    differences = reports.recipe_differences(recorded, profile)
     if not differences:
         return "the same recipe as this run"
     return f"another recipe than this run's ({', '.join(differences)})"
@@ -263,7 +248,7 @@ def expected_result(profile: config.Profile, experiment: str) -> str:
         f"{row['model']} in the committed make reproduce of {profile.name!r} (mean over "
         f"{row['seeds']} seed(s), {row['device']}, {row['backend']}, commit {row['git_commit']})"
     )
-    if recipe_differences(recorded, profile):
+    if reports.recipe_differences(recorded, profile):
         return (
             f"the committed result comes from {_recipe_note(recorded, profile)}, so it is no "
             f"promise for this one: {100 * row['test_accuracy']:.2f}%{spread} test accuracy, "
