@@ -263,7 +263,7 @@ def test_make_reproduce_of_a_cpu_profile_does_not_start_tensorflow_in_its_own_pr
         "from cifar10_transfer import cli, config\n"
         "from cifar10_transfer.publish import reports, reproduce\n"
         "config.check(config.profile('quick'))\n"
-        "reproduce.check_settings('quick', {'image_size': 64, 'weights': None})  # in a child\n"
+        "print(reproduce.check_settings('quick', {'image_size': 64, 'weights': None}))  # a child\n"
         "reports.notebook_times_markdown()\n"
         "print(sorted({'keras', 'tensorflow'} & set(sys.modules)))\n"
     )

@@ -154,16 +154,95 @@ def test_reproduce_hands_the_notebooks_the_profile_name_and_its_overrides(tmp_pa
     assert overrides["weights"] == "local.h5"  # the caller's dict is left as it was
 
 
-def test_reproduce_refuses_an_unknown_setting_before_any_notebook(monkeypatch):
+def test_reproduce_refuses_an_unknown_setting_before_any_notebook(tmp_path, monkeypatch):
     def run_notebooks(parameters, output_dir, notebooks=None, timings=None):
         raise AssertionError("the notebooks started")
 
     monkeypatch.setattr(reproduce, "run_notebooks", run_notebooks)
+    monkeypatch.setattr(config, "RESULTS_DIR", tmp_path / "results")
     with pytest.raises(ValueError, match="unknown profile setting"):
         reproduce.reproduce("smoke", {"epochz": 3})
     # What only Keras can check (notebook 03 would meet it after 02's training) fails here too.
     with pytest.raises(ValueError, match="profile 'smoke': unfreeze='stage:block9': no layer"):
         reproduce.reproduce("smoke", {"unfreeze": "stage:block9"})
+    assert not (tmp_path / "results").exists()  # no log, no folder: nothing half-written
+
+
+def fake_notebooks(parameters, output_dir, notebooks=None, timings=None):
+    """run_notebooks without the notebooks: the progress lines of one that ran."""
+    timings = {} if timings is None else timings
+    for path in notebooks:
+        reproduce.say(f"[{path.name}] done in 1 s, data {parameters['data']}")
+        timings[path.name] = 1.0
+    return timings
+
+
+def stub_reproduce(monkeypatch, tmp_path, notebooks=fake_notebooks):
+    """reproduce() with the notebooks, the speed reading and the tables stubbed, in tmp_path."""
+    monkeypatch.setattr(config, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(reproduce, "run_notebooks", notebooks)
+    monkeypatch.setattr(reproduce, "machine_reading", lambda folder: None)
+    monkeypatch.setattr(reproduce, "check_settings", lambda *arguments: "settings checked")
+
+    def refresh_tables():
+        (tmp_path / "results" / "smoke" / "results.md").write_text("| the table |\n")
+        return ["smoke (5 models)"]
+
+    monkeypatch.setattr(reproduce.reports, "refresh_tables", refresh_tables)
+
+
+def test_reproduce_keeps_its_progress_lines_in_reproduce_log(tmp_path, monkeypatch, capsys):
+    stub_reproduce(monkeypatch, tmp_path)
+    data = tmp_path / "data" / "cifar10-jpeg.tar.gz"
+    data.parent.mkdir()
+    data.write_bytes(b"")
+    reproduce.reproduce("smoke", {"seed": 7}, data=str(data))
+    log = (tmp_path / "results" / "smoke" / "reproduce.log").read_text().splitlines()
+    # The command that reproduces the run, the code it ran, the caches already there.
+    assert log[0] == (
+        "cifar10-transfer reproduce --profile smoke --set seed=7 "
+        "--data path/to/cifar10-jpeg.tar.gz --seeds 1"
+    )
+    assert log[1].startswith("started ") and ("commit " in log[1] or "not in a git" in log[1])
+    assert log[2].startswith("caches at the start: ") and "efficientnet_lite0 at 32 px" in log[2]
+    # Then what the terminal showed, with this machine's folders taken out.
+    assert log[3:] == [
+        "settings checked",
+        "[01_eda.ipynb] done in 1 s, data cifar10-jpeg.tar.gz",
+        "[02_baseline_cnn.ipynb] done in 1 s, data cifar10-jpeg.tar.gz",
+        "[03_transfer_head.ipynb] done in 1 s, data cifar10-jpeg.tar.gz",
+        "[04_finetune.ipynb] done in 1 s, data cifar10-jpeg.tar.gz",
+        "[05_compare_and_errors.ipynb] done in 1 s, data cifar10-jpeg.tar.gz",
+        "regenerated smoke (5 models)",
+        "| the table |",
+    ]
+    printed = capsys.readouterr().out
+    assert f"done in 1 s, data {data}" in printed and printed.endswith("| the table |\n")
+    assert sorted(path.name for path in (tmp_path / "results" / "smoke").glob("*.log")) == [
+        "reproduce.log"
+    ]
+
+
+def test_a_failed_reproduce_keeps_its_log_apart_and_the_last_one_as_it_was(tmp_path, monkeypatch):
+    def failing(parameters, output_dir, notebooks=None, timings=None):
+        reproduce.say("[01_eda.ipynb] ...")
+        raise reproduce.NotebookError("01_eda.ipynb failed in cell 3: ValueError: boom")
+
+    stub_reproduce(monkeypatch, tmp_path, failing)
+    last = tmp_path / "results" / "smoke" / "reproduce.log"
+    last.parent.mkdir(parents=True)
+    last.write_text("the last run's log\n")
+    with pytest.raises(reproduce.NotebookError):
+        reproduce.reproduce("smoke")
+    failed = (tmp_path / "results" / "smoke" / "reproduce.failed.log").read_text().splitlines()
+    assert failed[-2:] == [
+        "[01_eda.ipynb] ...",
+        "failed: 01_eda.ipynb failed in cell 3: ValueError: boom",
+    ]
+    assert last.read_text() == "the last run's log\n"
+    assert not (tmp_path / "results" / "smoke" / "reproduce.partial.log").exists()
+    reproduce.say("after the run")  # goes to the terminal only: no log is open
+    assert "after the run" not in failed
 
 
 def test_executed_notebooks_keep_no_machine_folders(tmp_path, monkeypatch):
@@ -203,6 +282,15 @@ def test_all_notebooks_run_top_to_bottom_in_the_smoke_profile(real_data_path, tm
     assert "oneDNN" not in result.stdout + result.stderr, result.stderr[-3000:]
     assert "[seed 43] finetune: test accuracy" in result.stdout
     results = tmp_path / "results" / "smoke"
+    # The same progress lines, kept under the command that reproduces them.
+    log = (results / "reproduce.log").read_text()
+    assert log.startswith(
+        f"cifar10-transfer reproduce --profile smoke --data path/to/{real_data_path.name} "
+        "--seeds 2\n"
+    )
+    assert "[seed 43] finetune: test accuracy" in log
+    assert "[05_compare_and_errors.ipynb] done" in log
+    assert str(tmp_path) not in log and str(real_data_path.resolve().parent) not in log
     assert (results / "notebooks" / "seeds.kernel.log").is_file()
     for name in config.NOTEBOOKS:
         executed = (results / "notebooks" / name).read_text()
@@ -284,14 +372,24 @@ def test_extra_seed_keeps_seeds_of_its_recipe_and_drops_the_others(tmp_path, mon
     write_seed_metrics(tmp_path, hires, 43)
     write_seed_metrics(tmp_path, config.profile("hires", finetune_epochs=9), 44)
     trained = []
-    monkeypatch.setattr(
-        reproduce, "train_seeds", lambda profile, seeds, data, devices: trained.append(seeds)
-    )
+
+    def train_seeds(profile, seeds, data, devices):
+        trained.append(seeds)
+        reproduce.say(f"[seed {seeds[0]}] finetune: test accuracy 90.00% in 30.0 min (7 epochs)")
+
+    monkeypatch.setattr(reproduce, "train_seeds", train_seeds)
     monkeypatch.setattr(reproduce.reports, "refresh_tables", lambda: [])
+    (tmp_path / "hires" / "results.md").write_text("| the table |\n")
     assert reproduce.extra_seed(hires, 45) == tmp_path / "hires" / "results.md"
     assert trained == [[45]]
     # Seed 43 ran this recipe and stays for the table; 44 ran another number of epochs.
-    assert sorted(path.name for path in (tmp_path / "hires" / "seeds").iterdir()) == ["43"]
+    assert sorted(path.name for path in (tmp_path / "hires" / "seeds").iterdir()) == ["43", "45"]
+    log = (tmp_path / "hires" / "seeds" / "45" / "reproduce.log").read_text().splitlines()
+    assert log[0] == "cifar10-transfer reproduce --profile hires --seeds 1 --extra-seed 45"
+    assert log[3:] == [
+        "[seed 45] finetune: test accuracy 90.00% in 30.0 min (7 epochs)",
+        "| the table |",
+    ]
 
 
 def test_extra_seed_refuses_the_notebooks_seed_before_any_training(monkeypatch, capsys):

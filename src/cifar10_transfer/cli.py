@@ -223,7 +223,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if args.seeds != 1:
             raise ValueError("--extra-seed trains one seed alone: expected no --seeds with it")
         profile = config.check(config.profile(_profile_name(args), **_overrides(args)))
-        print(reproduce.extra_seed(profile, args.extra_seed, args.data, args.devices).read_text())
+        reproduce.extra_seed(profile, args.extra_seed, args.data, args.devices)
         return 0
     try:
         reproduce.reproduce(

@@ -73,6 +73,15 @@ def _git_dirty() -> bool | None:
     return None if status is None else bool(status)
 
 
+def code_version() -> str:
+    """The code a run starts from, in words: "commit 4ad7abb", with "and uncommitted
+    changes" when the code differs from it."""
+    commit = _git_commit()
+    if commit is None:
+        return "not in a git checkout"
+    return f"commit {commit}" + (" and uncommitted changes" if _git_dirty() else "")
+
+
 def environment() -> dict:
     """Provenance of a run: code version, backend, library versions and device."""
     import keras

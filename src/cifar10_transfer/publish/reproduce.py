@@ -6,12 +6,17 @@ next seeds (profile seed + 1, + 2, ...) between notebooks 04 and 05, and publish
 Executed notebooks, and the seconds each step took (``timings.json``), are saved to
 ``results/<profile>/notebooks/``; the summary goes to
 ``results/<profile>/summary.json`` and ``results.md``, and into the README between the
-``<!-- results-<profile>:start/end -->`` markers when the README has them.
+``<!-- results-<profile>:start/end -->`` markers when the README has them. The progress
+lines it prints are kept in ``results/<profile>/reproduce.log`` (an extra seed's in
+``results/<profile>/seeds/<seed>/reproduce.log``), under a header that says what ran, at which
+commit, and which caches were already there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cifar10_transfer import config, fileio
+from cifar10_transfer import config, fileio, runs
 from cifar10_transfer.publish import reports
 
 
@@ -33,6 +38,74 @@ SEED_EXPERIMENTS = ("baseline_cnn", "head", "finetune")
 # megabytes, of executed notebook), and no TensorFlow start-up chatter (CUDA probing, oneDNN);
 # Python errors still surface.
 KERNEL_ENVIRONMENT = {"CIFAR10_VERBOSE": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+LOG_NAME = "reproduce.log"
+_log = None  # (open file, parameters) of the reproduce.log being written, while a run lasts
+
+
+def say(text: str) -> None:
+    """Print a progress line (or lines) and keep it in the run's reproduce.log, if one is
+    being written, with this machine's folders taken out as in the executed notebooks."""
+    print(text, flush=True)
+    if _log is not None:
+        file, parameters = _log
+        file.write(portable_paths(text, parameters) + "\n")
+        file.flush()
+
+
+@contextlib.contextmanager
+def progress_log(path: Path, profile: config.Profile, parameters: dict, extra_seed=None):
+    """Keep what ``say`` prints in ``path``, under a header: the command, the commit, the
+    caches already there (warm caches shorten a run's time). It is written to
+    ``reproduce.partial.log`` beside ``path`` and becomes ``path`` when the run ends; a run
+    that fails leaves ``reproduce.failed.log``, its last line the error, and ``path`` as it
+    was."""
+    global _log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name("reproduce.partial.log")
+    with open(partial, "w", encoding="utf-8") as file:
+        _log = (file, parameters)
+        try:
+            for line in log_header(profile, parameters, extra_seed):
+                file.write(portable_paths(line, parameters) + "\n")
+            yield
+        except BaseException as error:
+            file.write(f"failed: {fileio.one_line(error, limit=600)}\n")
+            file.close()
+            os.replace(partial, path.with_name("reproduce.failed.log"))
+            raise
+        finally:
+            _log = None
+    os.replace(partial, path)
+
+
+def log_header(profile: config.Profile, parameters: dict, extra_seed=None) -> list[str]:
+    """What reproduce.log says before the progress lines: the command that reproduces the run
+    (``--set`` for each setting that differs from the named profile), the commit, and the
+    caches already there."""
+    command = ["cifar10-transfer", "reproduce", "--profile", profile.name]
+    named = config.profile(profile.name)
+    for name in config.SETTINGS:
+        value = getattr(profile, name)
+        if name != "name" and value != getattr(named, name):
+            command += ["--set", f"{name}={'none' if value is None else value}"]
+    if parameters.get("data"):
+        command += ["--data", f"path/to/{Path(parameters['data']).name}"]
+    if parameters.get("devices"):
+        command += ["--devices", str(parameters["devices"])]
+    command += ["--seeds", str(parameters.get("seeds", 1))]
+    if extra_seed is not None:
+        command += ["--extra-seed", str(extra_seed)]
+    decoded = sorted((config.cache_dir() / "datasets").glob("cifar10-v*.npz"))
+    features = sorted(
+        (config.RUNS_DIR / "features").glob(f"{profile.backbone}-{profile.image_size}px-*.npz")
+    )
+    return [
+        shlex.join(command),
+        f"started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {runs.code_version()}",
+        f"caches at the start: {len(decoded)} decoded CIFAR-10 file(s) in <keras cache>/datasets, "
+        f"{len(features)} feature file(s) of {profile.backbone} at {profile.image_size} px in "
+        "runs/features",
+    ]
 
 
 def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=None) -> dict:
@@ -52,7 +125,7 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=No
         name, target = source.name, output_dir / source.name
         if not source.exists():
             raise FileNotFoundError(f"{source}: notebook not found")
-        print(f"[{name}] ...", flush=True)
+        say(f"[{name}] ...")
         notebook_started = time.perf_counter()
         partial, failed = target.with_suffix(".partial.ipynb"), target.with_suffix(".failed.ipynb")
         log = target.with_suffix(".kernel.log")
@@ -88,7 +161,7 @@ def run_notebooks(parameters: dict, output_dir: Path, notebooks=None, timings=No
         elapsed = time.perf_counter() - notebook_started
         timings[name] = round(elapsed, 1)
         total = sum(timings.values())  # earlier notebooks and extra seeds of this run too
-        print(f"[{name}] done in {elapsed:.0f} s (total {total / 60:.1f} min)", flush=True)
+        say(f"[{name}] done in {elapsed:.0f} s (total {total / 60:.1f} min)")
     return timings
 
 
@@ -122,22 +195,22 @@ def _kernel_manager(sockets: str, output):
 def train_seeds(profile: config.Profile, seeds, data=None, devices=None) -> Path:
     """Train ``SEED_EXPERIMENTS`` once per seed in ``seeds``; publish each run to
     ``results/<profile>/seeds/<seed>/``. Returns that seeds folder."""
-    from cifar10_transfer import runs, training
+    from cifar10_transfer import training
 
     results = config.RESULTS_DIR / profile.name / reports.SEEDS_DIR
     for seed in seeds:
         folders = {name: runs.run_dir(profile.name, name, seed=seed) for name in SEED_EXPERIMENTS}
         seeded = config.profile(profile, seed=seed)
         for experiment, folder in folders.items():
-            print(f"[seed {seed}] {experiment} ...", flush=True)
+            say(f"[seed {seed}] {experiment} ...")
             metrics = training.run_experiment(
                 experiment, seeded, data=data, out_dir=folder, devices=devices
             )
             runs.publish_run(folder, results / str(seed), predictions=False)
-            print(
+            say(
                 f"[seed {seed}] {experiment}: test accuracy "
-                f"{metrics['test_accuracy']:.2%} in {metrics['wall_time_s'] / 60:.1f} min",
-                flush=True,
+                f"{metrics['test_accuracy']:.2%} in {metrics['wall_time_s'] / 60:.1f} min "
+                f"({metrics['epochs']} epochs)"
             )
     return results
 
@@ -145,17 +218,23 @@ def train_seeds(profile: config.Profile, seeds, data=None, devices=None) -> Path
 def extra_seed(profile: config.Profile, seed: int, data=None, devices=None) -> Path:
     """``make reproduce SEED=N``: train ``SEED_EXPERIMENTS`` with seed ``seed`` alone (no
     notebooks), beside the runs of an earlier or later one-seed ``make reproduce`` in the
-    table, for profiles whose extra seeds do not fit one command's time. Returns results.md."""
+    table, for profiles whose extra seeds do not fit one command's time. Its progress lines
+    go to ``results/<profile>/seeds/<seed>/reproduce.log``. Returns results.md."""
     if seed == profile.seed:
         raise ValueError(
             f"seed={seed} is the notebooks' own seed: expected another one (make reproduce "
             f"PROFILE={profile.name} trains {seed})"
         )
-    drop_other_recipes(profile)
-    train_seeds(profile, [seed], data, devices)
-    for table in reports.refresh_tables():
-        print(f"regenerated {table}")
-    return config.RESULTS_DIR / profile.name / "results.md"
+    drop_other_recipes(profile)  # first: it may delete this seed's own folder
+    results = config.RESULTS_DIR / profile.name
+    parameters = {"data": data, "devices": devices, "seeds": 1}
+    log = results / reports.SEEDS_DIR / str(seed) / LOG_NAME
+    with progress_log(log, profile, parameters, extra_seed=seed):
+        train_seeds(profile, [seed], data, devices)
+        for table in reports.refresh_tables():
+            say(f"regenerated {table}")
+        say((results / "results.md").read_text(encoding="utf-8").rstrip("\n"))
+    return results / "results.md"
 
 
 def drop_other_recipes(profile: config.Profile) -> None:
@@ -164,7 +243,7 @@ def drop_other_recipes(profile: config.Profile) -> None:
     for folder in sorted((config.RESULTS_DIR / profile.name / reports.SEEDS_DIR).glob("*")):
         recipes = [fileio.read_json(path)["profile"] for path in folder.glob("*/metrics.json")]
         if any(reports.recipe_differences(recipe, profile) for recipe in recipes):
-            print(f"dropping {folder} (another recipe than this one)", flush=True)
+            say(f"dropping {folder} (another recipe than this one)")
             shutil.rmtree(folder)
 
 
@@ -173,7 +252,7 @@ def find_results(profile: config.Profile, data=None, devices=None) -> tuple[Path
     results/<profile>/ under this root (runs made here: notebooks 02-04 or make reproduce),
     else the checkout's committed results/<profile>/, else none: then ``SEED_EXPERIMENTS``
     are trained here, now, at ``profile`` (printing so) and published."""
-    from cifar10_transfer import runs, training
+    from cifar10_transfer import training
 
     for folder in dict.fromkeys((config.RESULTS_DIR, config.COMMITTED_RESULTS)):
         found = reports.published_metrics(folder / profile.name)
@@ -273,16 +352,16 @@ def machine_reading(notebooks_dir: Path) -> dict | None:
     records of it, or None (with a line saying why) where the checkout has no benchmarks/."""
     script = config.CHECKOUT / "benchmarks" / "throughput.py"
     if not script.exists():
-        print(f"no {script}: this run's speed is not read", flush=True)
+        say(f"no {script}: this run's speed is not read")
         return None
     out = notebooks_dir / READING_FILE
     command = [sys.executable, str(script), *READING_ARGUMENTS, "--out", str(out)]
-    print("reading this machine's speed (benchmarks/throughput.py, about 30 s)", flush=True)
+    say("reading this machine's speed (benchmarks/throughput.py, about 30 s)")
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if done.returncode:
         raise RuntimeError(f"benchmarks/throughput.py failed: {done.stderr.strip()[-500:]}")
     reading = fileio.read_json(out)["images_per_second"]
-    print(f"this machine: {reading:.1f} images/s (reference {REFERENCE_READING})", flush=True)
+    say(f"this machine: {reading:.1f} images/s (reference {REFERENCE_READING})")
     return {
         "images_per_second": round(reading, 1),
         "reference_images_per_second": REFERENCE_READING,
@@ -291,12 +370,12 @@ def machine_reading(notebooks_dir: Path) -> dict | None:
     }
 
 
-def check_settings(profile_name: str, overrides: dict) -> None:
+def check_settings(profile_name: str, overrides: dict) -> str:
     """A ValueError, before any notebook, for a setting the notebooks would refuse only once
     they reach it: a misspelt backbone, a missing weights file, an unknown ``unfreeze`` stage,
     a GPU profile on a CPU. ``cifar10-transfer check`` runs the training's own checks in a
     process of its own: they need Keras, which this process does not start (the kernels
-    train); a warning it prints (``allow_cpu``) is passed on."""
+    train). Returns what it printed (what it checked; a warning such as ``allow_cpu``'s)."""
     command = [sys.executable, "-m", "cifar10_transfer", "check", "--profile", profile_name]
     for name, value in overrides.items():
         command += ["--set", f"{name}={'none' if value is None else value}"]
@@ -304,7 +383,7 @@ def check_settings(profile_name: str, overrides: dict) -> None:
     if done.returncode:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         raise ValueError(f"profile {profile_name!r}: {lines[-1].removeprefix('error: ')}")
-    print(done.stdout, end="", flush=True)
+    return done.stdout.rstrip("\n")
 
 
 def reproduce(
@@ -327,7 +406,7 @@ def reproduce(
         data = str(Path(data).resolve())
     if overrides.get("weights") not in (None, "imagenet"):
         overrides["weights"] = str(Path(overrides["weights"]).resolve())
-    check_settings(profile_name, overrides)  # before notebook 01, not in 03 after 02's training
+    checked = check_settings(profile_name, overrides)  # before notebook 01, not in 03 after 02
     parameters = {
         "profile_name": profile_name,
         "overrides": overrides,
@@ -339,28 +418,33 @@ def reproduce(
     for variable, value in KERNEL_ENVIRONMENT.items():
         os.environ.setdefault(variable, value)  # the kernels inherit it
     notebooks_dir.mkdir(parents=True, exist_ok=True)
-    reading = machine_reading(notebooks_dir)  # before the notebooks, not counted in their time
-    started = time.perf_counter()
-    paths = [config.NOTEBOOKS_DIR / name for name in config.NOTEBOOKS]
-    timings = run_notebooks(parameters, notebooks_dir, paths[:-1])
-    if seeds > 1:  # earlier extra-seed results would mix into the table: replace them
-        shutil.rmtree(results_dir / reports.SEEDS_DIR, ignore_errors=True)
-    else:  # those of --extra-seed stay where they ran this recipe
-        drop_other_recipes(profile)
-    if seeds > 1:
-        seeds_started = time.perf_counter()
-        # These train in this process: what TensorFlow's C++ code writes to stderr (its
-        # start-up logs) goes to a log beside the notebooks' kernel logs, as theirs does.
-        with fileio.stderr_to(notebooks_dir / "seeds.kernel.log"):
-            train_seeds(profile, range(profile.seed + 1, profile.seed + seeds), data, devices)
-        timings["extra seeds"] = round(time.perf_counter() - seeds_started, 1)
-    run_notebooks(parameters, notebooks_dir, paths[-1:], timings)
-    timings["total"] = round(time.perf_counter() - started, 1)
-    fileio.write_json(
-        notebooks_dir / "timings.json", {"seconds": timings, "seeds": seeds, "machine": reading}
-    )
-    # The README's tables (this profile's results, the profiles' measured times) follow.
-    for table in reports.refresh_tables():
-        print(f"regenerated {table}")
-    print((results_dir / "results.md").read_text(encoding="utf-8"), end="")  # refreshed above
+    with progress_log(results_dir / LOG_NAME, profile, {**parameters, "seeds": seeds}):
+        if checked:
+            say(checked)
+        reading = machine_reading(notebooks_dir)  # before the notebooks, not in their time
+        started = time.perf_counter()
+        paths = [config.NOTEBOOKS_DIR / name for name in config.NOTEBOOKS]
+        timings = run_notebooks(parameters, notebooks_dir, paths[:-1])
+        if seeds > 1:  # earlier extra-seed results would mix into the table: replace them
+            shutil.rmtree(results_dir / reports.SEEDS_DIR, ignore_errors=True)
+        else:  # those of --extra-seed stay where they ran this recipe
+            drop_other_recipes(profile)
+        if seeds > 1:
+            seeds_started = time.perf_counter()
+            # These train in this process: what TensorFlow's C++ code writes to stderr (its
+            # start-up logs) goes to a log beside the notebooks' kernel logs, as theirs does.
+            with fileio.stderr_to(notebooks_dir / "seeds.kernel.log"):
+                seeds_run = range(profile.seed + 1, profile.seed + seeds)
+                train_seeds(profile, seeds_run, data, devices)
+            timings["extra seeds"] = round(time.perf_counter() - seeds_started, 1)
+        run_notebooks(parameters, notebooks_dir, paths[-1:], timings)
+        timings["total"] = round(time.perf_counter() - started, 1)
+        fileio.write_json(
+            notebooks_dir / "timings.json",
+            {"seconds": timings, "seeds": seeds, "machine": reading},
+        )
+        # The README's tables (this profile's results, the profiles' measured times) follow.
+        for table in reports.refresh_tables():
+            say(f"regenerated {table}")
+        say((results_dir / "results.md").read_text(encoding="utf-8").rstrip("\n"))
     return results_dir / "results.md"
