@@ -75,6 +75,16 @@ def throughput_row(r: dict) -> dict:
     }
 
 
+def frozen_share_row(r: dict) -> dict:
+    return {
+        "Unfreeze": r["unfreeze"],
+        "Training step ms": number(r["step_time_median_ms"], 0),
+        "Frozen part's forward ms": number(r["frozen_forward_median_ms"], 0),
+        "Share of the step": percent(r["frozen_share"]),
+        "Step speed-up ceiling": number(r["step_speedup_ceiling"], 2) + "x",
+    }
+
+
 def reference_row(r: dict) -> dict:
     return {
         f"{feed} images/s": number(numbers["images_per_second"])
@@ -186,6 +196,11 @@ TABLES = {
         feature_cache_row,
     ),
     "time_to_accuracy": ("Time to a test accuracy, full fine-tuning", time_to_accuracy_row),
+    "frozen_share": (
+        "Fine-tuning from a stage on: the frozen part's forward pass as a share of a training "
+        "step, the most that caching its activations could save",
+        frozen_share_row,
+    ),
     "reproduce_ratio": (
         "One-seed make reproduce (notebooks 01-05, cold caches) against the recipe it replaced, "
         "run one after the other on the same machine",

@@ -172,6 +172,38 @@ def test_summarize_writes_generated_tables_between_the_markers(compared, tmp_pat
     assert failed.returncode == 2 and failed.stderr.startswith("error:")
 
 
+def test_frozen_share_times_the_step_and_the_frozen_part(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # summarize.py imports common.py beside it
+    out = tmp_path / "frozen_share.json"
+    stored = run_benchmark(
+        "frozen_share.py", *TINY, "--set", "unfreeze=stage:block6", "--steps", "2", out=out
+    )
+    assert stored["benchmark"] == "frozen_share" and stored["unfreeze"] == "stage:block6"
+    assert stored["step_time_median_ms"] > 0 and stored["frozen_forward_median_ms"] > 0
+    share = stored["frozen_forward_median_ms"] / stored["step_time_median_ms"]
+    assert stored["frozen_share"] == pytest.approx(share)
+    # What block6a reads at 32 px: block5's 2x2 output, 112 channels in Lite0.
+    assert stored["frozen_output_shape"] == [2, 2, 112]
+    assert "Frozen part's forward ms" in load_module("summarize").table(
+        "frozen_share", [(out.name, stored)]
+    )
+
+
+@pytest.mark.parametrize("unfreeze", ["all", "head"])
+def test_frozen_share_refuses_a_setting_that_leaves_nothing_frozen(tmp_path, unfreeze):
+    failed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "frozen_share.py"), *TINY, "--set",
+         f"unfreeze={unfreeze}", "--out", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1] == (
+        f"error: unfreeze={unfreeze!r}: expected stage:NAME or top:N, which leave the layers "
+        "before them frozen"
+    )
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_result_files_are_named_by_benchmark_backbone_device_and_backend():
     common = load_module("common")
     assert common.device_slug("cpu (x86_64, 2 cores)") == "cpu"
