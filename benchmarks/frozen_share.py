@@ -102,6 +102,7 @@ def main(argv=None) -> None:
             stage,
             training.Job(Path(out_dir), callbacks=(timer,)),
         )
+    timer.require_steps(args.warmup + args.steps)
     step_s = timer.median_step_s(args.warmup)
 
     # The frozen part's forward pass on the same batches, after its own warm-up.

@@ -46,7 +46,7 @@ FEEDS = ("float224", "uint8_upsample")
 HEAD_UNITS = 256  # as config's profiles
 DROPOUT_RATE = 0.5
 LABEL_SMOOTHING = 0.1
-LEARNING_RATE = 1e-4
+LEARNING_RATE = common.REFERENCE_RECIPE["finetune_learning_rate"]  # Adam, as ours
 NUM_CLASSES = 10
 HOST_BATCHES = 2  # distinct host batches, cycled
 

@@ -78,6 +78,7 @@ def main(argv=None) -> None:
             stage,
             training.Job(Path(out_dir), callbacks=(timer,)),
         )
+    timer.require_steps(args.warmup + args.steps)
     timed = timer.step_ends[args.warmup - 1 :]
     seconds = timed[-1] - timed[0]
     result = {

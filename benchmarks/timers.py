@@ -24,6 +24,15 @@ class StepTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_ends.append(time.perf_counter())
 
+    def require_steps(self, steps: int) -> None:
+        """A ValueError unless ``steps`` steps ran: a non-finite loss stops training early
+        (TerminateOnNaN), and a timing of the steps that ran would be read as of them all."""
+        if len(self.step_ends) < steps:
+            raise ValueError(
+                f"training stopped after {len(self.step_ends)} of {steps} steps (a non-finite "
+                "loss ends it): no timing; expected a finite loss, e.g. a lower learning rate"
+            )
+
     def first_step_s(self) -> float:
         """Start of training to the end of step 1: compilation plus one step."""
         return self.step_ends[0] - self.train_begin

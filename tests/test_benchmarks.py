@@ -204,6 +204,18 @@ def test_frozen_share_refuses_a_setting_that_leaves_nothing_frozen(tmp_path, unf
     assert not (tmp_path / "x.json").exists()
 
 
+def test_a_timing_refuses_a_training_that_stopped_early():
+    # TerminateOnNaN ends training at a non-finite loss: the steps that ran are not the steps
+    # asked for, and their timing must not be reported as if they were.
+    timer = load_module("timers").StepTimer()
+    timer.on_train_begin()
+    for _ in range(4):
+        timer.on_train_batch_end(0, {"loss": float("nan")})
+    with pytest.raises(ValueError, match="training stopped after 4 of 8 steps"):
+        timer.require_steps(8)
+    timer.require_steps(4)
+
+
 def test_result_files_are_named_by_benchmark_backbone_device_and_backend():
     common = load_module("common")
     assert common.device_slug("cpu (x86_64, 2 cores)") == "cpu"
