@@ -210,7 +210,7 @@ def train_seeds(profile: config.Profile, seeds, data=None, devices=None) -> Path
             say(
                 f"[seed {seed}] {experiment}: test accuracy "
                 f"{metrics['test_accuracy']:.2%} in {metrics['wall_time_s'] / 60:.1f} min "
-                f"({metrics['epochs']} epochs)"
+                f"({metrics['epochs']} epoch{'' if metrics['epochs'] == 1 else 's'})"
             )
     return results
 
