@@ -25,16 +25,13 @@ GOAL_RATIO = 0.8  # jax / tensorflow images per second
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_model_arguments(parser, weights=None)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps, after the warm-up")
+    common.add_timing_arguments(parser)
     parser.add_argument(
-        "--warmup", type=int, default=5, help="untimed first steps (compilation); at least 1"
+        "--repeats", type=common.count_argument, default=1, help="runs per backend; at least 1"
     )
-    parser.add_argument("--repeats", type=int, default=1, help="runs per backend; at least 1")
     args = parser.parse_args(argv)
     if args.weights is not None:
         parser.error("--weights: the comparison trains from random weights (speed only)")
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
     return args
 
 

@@ -48,6 +48,27 @@ def size_argument(text: str):
     return int(text)
 
 
+def count_argument(text: str) -> int:
+    """--steps, --warmup: a whole number, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, steps: int = 50, warmup: int = 5):
+    """--steps (timed, after the warm-up) and --warmup (untimed first steps: compilation,
+    caches), each at least 1."""
+    parser.add_argument(
+        "--steps", type=count_argument, default=steps, help="timed steps, after the warm-up"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=count_argument,
+        default=warmup,
+        help="untimed first steps (compilation, caches); at least 1",
+    )
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     """--backbone, --weights, --image-size, --batch-size, --precision, --seed, --set, --out."""
     parser.add_argument(

@@ -21,8 +21,7 @@ import common
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_model_arguments(parser, weights=None)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps, after the warm-up")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps; at least 1")
+    common.add_timing_arguments(parser)
     args = parser.parse_args(argv)
     if args.weights is not None:
         parser.error("--weights: the comparison trains from random weights (speed only)")

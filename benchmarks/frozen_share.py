@@ -16,11 +16,8 @@ per step; filling it costs one more forward pass per view. Random images and wei
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import common
 import keras
@@ -55,12 +52,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     common.add_model_arguments(
         parser, backbone="efficientnet_lite2", weights=None, image_size=192, batch_size=64
     )
-    parser.add_argument("--steps", type=int, default=20, help="timed steps, after the warm-up")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps; at least 1")
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be at least 1")
-    return args
+    common.add_timing_arguments(parser, steps=20, warmup=3)
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
@@ -88,21 +81,7 @@ def main(argv=None) -> None:
     labels = rng.integers(0, config.NUM_CLASSES, count)
 
     # The training step, as fine-tuning runs it: one epoch of warm-up + timed steps.
-    timer = timers.StepTimer()
-    stage = training.Stage.of(profile, "finetune")
-    stage = dataclasses.replace(stage, epochs=1, schedule="constant", patience=1)
-    model.compile(**training.compile_arguments(stage, training.steps_per_epoch(count, stage)))
-    with tempfile.TemporaryDirectory() as out_dir:
-        training.fit(
-            model,
-            images,
-            labels,
-            images[: args.batch_size],
-            labels[: args.batch_size],
-            stage,
-            training.Job(Path(out_dir), callbacks=(timer,)),
-        )
-    timer.require_steps(args.warmup + args.steps)
+    timer = timers.time_fine_tuning(model, profile, images, labels, args.warmup + args.steps)
     step_s = timer.median_step_s(args.warmup)
 
     # The frozen part's forward pass on the same batches, after its own warm-up.

@@ -54,12 +54,9 @@ HOST_BATCHES = 2  # distinct host batches, cycled
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_model_arguments(parser, weights=None)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps, after the warm-up")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps; at least 1")
+    common.add_timing_arguments(parser)
     parser.add_argument("--feed", choices=(*FEEDS, "both"), default="both")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be at least 1")
     if args.weights is not None:
         parser.error("--weights: the reference trains from random weights (speed only); use none")
     return args

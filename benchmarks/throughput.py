@@ -12,10 +12,7 @@ speed does not depend on either.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import tempfile
-from pathlib import Path
 
 import common
 import numpy as np
@@ -34,17 +31,8 @@ def build_unfrozen_model(profile: config.Profile, train_bn: bool = False):
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_model_arguments(parser, weights=None)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps, after the warm-up")
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=5,
-        help="untimed first steps (compilation, caches); at least 1",
-    )
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be at least 1")
-    return args
+    common.add_timing_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
@@ -61,24 +49,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(args.seed)
     images = rng.integers(0, 256, (count, *config.IMAGE_SHAPE), dtype=np.uint8)
     labels = rng.integers(0, config.NUM_CLASSES, count)
-    timer = timers.StepTimer()
-    with tempfile.TemporaryDirectory() as out_dir:
-        # One epoch of warm-up + timed steps; validation and checkpointing come after the timing.
-        stage = training.Stage.of(profile, "finetune")
-        stage = dataclasses.replace(stage, epochs=1, schedule="constant", patience=1)
-        model.compile(
-            **training.compile_arguments(stage, training.steps_per_epoch(len(images), stage))
-        )
-        training.fit(
-            model,
-            images,
-            labels,
-            images[: args.batch_size],
-            labels[: args.batch_size],
-            stage,
-            training.Job(Path(out_dir), callbacks=(timer,)),
-        )
-    timer.require_steps(args.warmup + args.steps)
+    timer = timers.time_fine_tuning(model, profile, images, labels, args.warmup + args.steps)
     timed = timer.step_ends[args.warmup - 1 :]
     seconds = timed[-1] - timed[0]
     result = {

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
+
+from cifar10_transfer import training
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -48,3 +53,25 @@ class StepTimer(keras.callbacks.Callback):
     def compile_s(self) -> float:
         """First step's overhead over a typical step: the time spent compiling."""
         return max(self.first_step_s() - self.median_step_s(), 0.0)
+
+
+def time_fine_tuning(model, profile, images, labels, steps: int) -> StepTimer:
+    """Fit ``model`` for one epoch of ``profile``'s fine-tuning stage over ``images`` (a
+    constant rate), timing every step; validation (one batch) and checkpointing come after
+    the timing. A ValueError unless all ``steps`` steps ran."""
+    timer = StepTimer()
+    stage = training.Stage.of(profile, "finetune")
+    stage = dataclasses.replace(stage, epochs=1, schedule="constant", patience=1)
+    model.compile(**training.compile_arguments(stage, training.steps_per_epoch(len(images), stage)))
+    with tempfile.TemporaryDirectory() as out_dir:
+        training.fit(
+            model,
+            images,
+            labels,
+            images[: stage.batch_size],
+            labels[: stage.batch_size],
+            stage,
+            training.Job(Path(out_dir), callbacks=(timer,)),
+        )
+    timer.require_steps(steps)
+    return timer

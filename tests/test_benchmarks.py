@@ -4,6 +4,7 @@ Timing goals live in benchmarks/, never here. Each script runs in a subprocess, 
 ``python benchmarks/<name>.py``; the PyTorch reference runs where torch is importable.
 """
 
+import argparse
 import importlib.util
 import json
 import os
@@ -222,6 +223,10 @@ def test_result_files_are_named_by_benchmark_backbone_device_and_backend():
     assert common.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert common.size_argument("all") is None and common.size_argument("1000") == 1000
     assert common.weights_argument("none") is None
+    assert common.count_argument("3") == 3
+    for text in ("0", "-1", "2.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a whole number >= 1"):
+            common.count_argument(text)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (benchmarks/requirements.txt)")
