@@ -504,6 +504,11 @@ def parse_setting(text: str) -> tuple[str, object]:
     return key, _typed(key, value.strip())
 
 
+def setting_text(key: str, value) -> str:
+    """``parse_setting``'s inverse: ``"key=value"``, with ``none`` for None."""
+    return f"{key}={'none' if value is None else value}"
+
+
 def _typed(key: str, value: str):
     annotation = typing.get_type_hints(Profile)[key]
     kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()

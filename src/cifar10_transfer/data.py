@@ -94,6 +94,12 @@ class Splits:
     verified: bool
 
 
+def cache_file(key: str) -> Path:
+    """Where the decoded arrays of the source with cache key ``key`` are kept (``"*"``: the
+    pattern of every source's, at this CACHE_VERSION)."""
+    return config.cache_dir() / "datasets" / f"cifar10-v{CACHE_VERSION}-{key}.npz"
+
+
 def load_cifar10(data: str | os.PathLike | None = None) -> CIFAR10:
     """Load CIFAR-10 from ``data`` (a path), else ``$CIFAR10_DATA``, else the official
     download. ``CIFAR10.source`` records where it came from."""
@@ -103,7 +109,7 @@ def load_cifar10(data: str | os.PathLike | None = None) -> CIFAR10:
     if not path.exists():
         raise DataError(f"data source {path} does not exist; {EXPECTED_SOURCES}")
     key, verified, verification = _fingerprint(path)
-    cache = config.cache_dir() / "datasets" / f"cifar10-v{CACHE_VERSION}-{key}.npz"
+    cache = cache_file(key)
     if cache.exists():
         arrays = _load_cache(cache)
         _check_arrays(arrays, cache)

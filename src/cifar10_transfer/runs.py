@@ -35,6 +35,12 @@ def run_dir(profile_name: str, experiment: str, seed: int | None = None) -> Path
     return (base / f"seed-{seed}" if seed is not None else base) / experiment
 
 
+def features_file(backbone: str, image_size: int, key: str) -> Path:
+    """Where the head stage keeps the frozen backbone's pooled features (runs/features/), for
+    cache key ``key`` (``"*"``: the pattern of every key's)."""
+    return config.RUNS_DIR / "features" / f"{backbone}-{image_size}px-{key}.npz"
+
+
 def prepare(out_dir: Path, resume: bool) -> None:
     """Make the run folder; a fresh run must not pick up an interrupted run's backup."""
     out_dir.mkdir(parents=True, exist_ok=True)

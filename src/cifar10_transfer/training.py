@@ -416,8 +416,8 @@ def head_features(model, setup: Setup) -> dict:
     bfloat16, so np.savez would write mixed-bfloat16 features as raw bytes that load back
     unusable."""
     profile, splits, placement = setup.profile, setup.splits, setup.placement
-    name = f"{profile.backbone}-{profile.image_size}px-{_features_key(profile, splits)}.npz"
-    cache_file = config.RUNS_DIR / "features" / name
+    key = _features_key(profile, splits)
+    cache_file = runs.features_file(profile.backbone, profile.image_size, key)
     features = None
     if placement.agree(cache_file.exists()):
         features = _load_features(cache_file, splits)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from cifar10_transfer import config, fileio, runs
+from cifar10_transfer import data as datasets
 from cifar10_transfer.publish import reports
 
 
@@ -87,7 +88,7 @@ def log_header(profile: config.Profile, parameters: dict, extra_seed=None) -> li
     for name in config.SETTINGS:
         value = getattr(profile, name)
         if name != "name" and value != getattr(named, name):
-            command += ["--set", f"{name}={'none' if value is None else value}"]
+            command += ["--set", config.setting_text(name, value)]
     if parameters.get("data"):
         command += ["--data", f"path/to/{Path(parameters['data']).name}"]
     if parameters.get("devices"):
@@ -95,15 +96,18 @@ def log_header(profile: config.Profile, parameters: dict, extra_seed=None) -> li
     command += ["--seeds", str(parameters.get("seeds", 1))]
     if extra_seed is not None:
         command += ["--extra-seed", str(extra_seed)]
-    decoded = sorted((config.cache_dir() / "datasets").glob("cifar10-v*.npz"))
-    features = sorted(
-        (config.RUNS_DIR / "features").glob(f"{profile.backbone}-{profile.image_size}px-*.npz")
+    decoded, features = (
+        len(list(pattern.parent.glob(pattern.name)))
+        for pattern in (
+            datasets.cache_file("*"),
+            runs.features_file(profile.backbone, profile.image_size, "*"),
+        )
     )
     return [
         shlex.join(command),
         f"started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {runs.code_version()}",
-        f"caches at the start: {len(decoded)} decoded CIFAR-10 file(s) in <keras cache>/datasets, "
-        f"{len(features)} feature file(s) of {profile.backbone} at {profile.image_size} px in "
+        f"caches at the start: {decoded} decoded CIFAR-10 file(s) in <keras cache>/datasets, "
+        f"{features} feature file(s) of {profile.backbone} at {profile.image_size} px in "
         "runs/features",
     ]
 
@@ -378,7 +382,7 @@ def check_settings(profile_name: str, overrides: dict) -> str:
     train). Returns what it printed (what it checked; a warning such as ``allow_cpu``'s)."""
     command = [sys.executable, "-m", "cifar10_transfer", "check", "--profile", profile_name]
     for name, value in overrides.items():
-        command += ["--set", f"{name}={'none' if value is None else value}"]
+        command += ["--set", config.setting_text(name, value)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
