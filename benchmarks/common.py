@@ -49,7 +49,7 @@ def size_argument(text: str):
 
 
 def count_argument(text: str) -> int:
-    """--steps, --warmup: a whole number, at least 1."""
+    """A count such as --steps, --warmup or --repeats: a whole number, at least 1."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)

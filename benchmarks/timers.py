@@ -1,4 +1,5 @@
-"""Keras callbacks that time training: every step's end and every epoch's end."""
+"""Timing training: a Keras callback that records every step's and epoch's end, and one timed
+fine-tuning epoch (throughput.py, frozen_share.py)."""
 
 from __future__ import annotations
 

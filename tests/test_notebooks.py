@@ -242,7 +242,9 @@ def test_a_failed_reproduce_keeps_its_log_apart_and_the_last_one_as_it_was(tmp_p
     assert last.read_text() == "the last run's log\n"
     assert not (tmp_path / "results" / "smoke" / "reproduce.partial.log").exists()
     reproduce.say("after the run")  # goes to the terminal only: no log is open
-    assert "after the run" not in failed
+    logs = tmp_path / "results" / "smoke"
+    assert (logs / "reproduce.failed.log").read_text().splitlines() == failed
+    assert last.read_text() == "the last run's log\n"
 
 
 def test_executed_notebooks_keep_no_machine_folders(tmp_path, monkeypatch):
